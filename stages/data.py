@@ -1,0 +1,76 @@
+"""Torch datasets, transforms and loaders over prepared ImageFolder trees."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class UnreadableImageError(RuntimeError):
+    """A file that was readable when `prepare` ran cannot be read now."""
+
+
+def load_rgb(path: str) -> Image.Image:
+    """ImageFolder loader that names the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as error:
+        raise UnreadableImageError(
+            f"cannot read {path}: {error}. The prepared data changed after the prepare stage; "
+            "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)") from error
+
+
+def preprocessing_spec(crop_size: int) -> dict:
+    """Everything a caller needs to turn an image into the model's input tensor."""
+    return {"resize_short_side": crop_size, "center_crop": crop_size, "interpolation": "bilinear",
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "channel_order": "RGB",
+            "layout": "NCHW", "dtype": "float32", "value_range": "0..1 before normalisation"}
+
+
+def eval_transform(spec: dict) -> v2.Compose:
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(spec["resize_short_side"], antialias=True),
+        v2.CenterCrop(spec["center_crop"]),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(spec["mean"], spec["std"]),
+    ])
+
+
+def train_transform(crop_size: int, scale_min: float, hflip: bool) -> v2.Compose:
+    steps = [v2.ToImage(), v2.RandomResizedCrop(crop_size, scale=(scale_min, 1.0), antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    return v2.Compose(steps)
+
+
+def image_folder(root: str, transform) -> datasets.ImageFolder:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root} not found: it is made by the prepare stage (`dvc repro prepare`)")
+    return datasets.ImageFolder(root, transform=transform, loader=load_rgb)
+
+
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
+    """Seeded loader: the same seed gives the same batches and augmentations."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      generator=generator, worker_init_fn=_seed_worker if num_workers else None,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)

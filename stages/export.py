@@ -1,0 +1,151 @@
+"""Stage export: a torch.export program checked against the trained model, a model card, and a
+registered MLflow model version."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from stages import tracking
+from stages.data import eval_transform, image_folder, make_loader
+from stages.imagefolder import sha256_file
+from stages.model import load_checkpoint, model_from_checkpoint
+from stages.params import Params, load_params
+from stages.prepare import write_json
+
+log = logging.getLogger("export")
+
+
+def run(params: Params) -> dict:
+    """Export, prove parity on real test images, register in MLflow, and describe it all in a card."""
+    cfg = params.export
+    out = Path(cfg.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    checkpoint = load_checkpoint(params.train.out, made_by="train")
+    model = model_from_checkpoint(checkpoint)
+    images = test_images(params, checkpoint)
+    program = torch.export.export(model, (images[:2],), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(program, out / "model.pt2")
+    parity = check_parity(model, torch.export.load(out / "model.pt2").module(), images, cfg.atol)
+    write_json(out / "labels.json", checkpoint["class_names"])
+    write_json(out / "preprocessing.json", checkpoint["preprocessing"])
+    registered = register(params, out)
+    card = model_card(params, checkpoint, parity, registered, out)
+    write_json(out / "model_card.json", card)
+    (out / "model_card.md").write_text(card_markdown(card), encoding="utf-8")
+    log_card(checkpoint["mlflow_run_id"], out, parity)
+    log.info("exported %s (max |diff| %.2e over %d images); registered %s version %s", out / "model.pt2",
+             parity["max_abs_diff"], parity["images"], registered["name"], registered["version"])
+    return {"parity": parity, "registered": registered}
+
+
+def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
+    """The real test split, preprocessed exactly as at evaluation."""
+    dataset = image_folder(str(Path(params.prepare.out) / "test"), eval_transform(checkpoint["preprocessing"]))
+    loader = make_loader(dataset, params.evaluate.batch_size, False, 0, 0)
+    return torch.cat([images for images, _ in loader])
+
+
+@torch.no_grad()
+def check_parity(model, exported, images: torch.Tensor, atol: float) -> dict:
+    """Exported vs eager logits on the same images; raises when they differ beyond `atol` or in top-1."""
+    expected, actual = model(images), exported(images)
+    max_diff = (expected - actual).abs().max().item()
+    agreement = (expected.argmax(1) == actual.argmax(1)).float().mean().item()
+    parity = {"images": len(images), "max_abs_diff": max_diff, "top1_agreement": agreement, "atol": atol}
+    if max_diff > atol or agreement < 1.0:
+        raise RuntimeError(f"exported model disagrees with models/model.pt on the test images: {parity}. "
+                           "The export is not trustworthy; not registering it")
+    return parity
+
+
+def register(params: Params, out: Path) -> dict:
+    """Log the export as an MLflow pyfunc (signature + input example) and register a new version."""
+    import mlflow
+    import pandas
+    from mlflow.models import infer_signature
+
+    from stages.serving import ImageClassifier
+
+    tracking.connect()
+    run_id = json.loads(Path(params.train.run).read_text())["run_id"]
+    example_file = next((Path(params.prepare.out) / "test").rglob("*.png"))
+    example = pandas.DataFrame({"image": [example_file.read_bytes()]})
+    with mlflow.start_run(run_id=run_id):
+        loaded = ImageClassifier()
+        loaded.load(out)
+        signature = infer_signature(example, loaded.predict(None, example))
+        # Log a fresh instance: MLflow pickles it, and the loaded program is rebuilt in load_context.
+        info = mlflow.pyfunc.log_model(name="model", python_model=ImageClassifier(), artifacts={"export_dir": str(out)},
+                                       code_paths=[str(Path(__file__).parent)], signature=signature,
+                                       input_example=example, registered_model_name=params.export.registered_model)
+    return {"name": params.export.registered_model, "version": str(info.registered_model_version),
+            "model_uri": info.model_uri, "run_id": run_id}
+
+
+def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, out: Path) -> dict:
+    """Everything an auditor needs to trace this model back to data, weights, params, code and run."""
+    evaluation = json.loads(Path(params.evaluate.metrics).read_text())
+    lock = tracking.dvc_lock_hashes()
+    return {
+        "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
+                  "files": {"model.pt2": sha256_file(out / "model.pt2"),
+                            params.train.out: sha256_file(params.train.out)},
+                  "best_epoch": checkpoint["best_epoch"]},
+        "preprocessing": checkpoint["preprocessing"],
+        "git": tracking.git_state(),
+        "dvc": {"data": lock.get("prepare", {}).get(params.prepare.data, ""),
+                "prepared": lock.get("prepare", {}).get(params.prepare.out, ""),
+                "pretrained": lock.get("pretrain", {}).get(params.pretrain.out, ""),
+                "model": lock.get("train", {}).get(params.train.out, "")},
+        "weights_provenance": checkpoint["provenance"],
+        "params": checkpoint["params"],
+        "metrics": {k: v for k, v in evaluation.items() if k != "per_class"},
+        "per_class": evaluation["per_class"],
+        "parity": parity,
+        "mlflow": {"tracking_uri": tracking.tracking_uri(), **registered},
+    }
+
+
+def card_markdown(card: dict) -> str:
+    m, metrics = card["model"], card["metrics"]
+    lines = [f"# Model card: {m['arch']} on {len(m['class_names'])} classes", "",
+             f"Classes: {', '.join(m['class_names'])}", "",
+             "| test metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", "## Lineage", "",
+              f"- git commit: `{card['git']['git_commit']}` (dirty: {card['git']['git_dirty']})",
+              f"- MLflow run: `{card['mlflow']['run_id']}`, registered `{card['mlflow']['name']}` "
+              f"version {card['mlflow']['version']}",
+              f"- starting weights: {card['weights_provenance']['source']}: {card['weights_provenance']['origin']}"]
+    lines += [f"- dvc md5 of {name}: `{value}`" for name, value in card["dvc"].items()]
+    lines += [f"- sha256 of {name}: `{value}`" for name, value in m["files"].items()]
+    p = card["parity"]
+    lines += ["", "## Export parity", "",
+              f"On {p['images']} test images: max |logit difference| {p['max_abs_diff']:.2e} "
+              f"(tolerance {p['atol']}), top-1 agreement {p['top1_agreement']:.4f}.", "",
+              "## Preprocessing", "", "```json", json.dumps(card["preprocessing"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def log_card(run_id: str, out: Path, parity: dict) -> None:
+    import mlflow
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"export_{k}": v for k, v in parity.items()})
+        mlflow.log_artifact(str(out / "model_card.json"), "export")
+        mlflow.log_artifact(str(out / "model_card.md"), "export")
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run(load_params())
+
+
+if __name__ == "__main__":
+    main()

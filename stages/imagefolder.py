@@ -1,0 +1,166 @@
+"""Read a user's ImageFolder: list every file with its class or the reason it is left out,
+and decode one image into an upright RGB picture (or say why it cannot be used)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                              ".ppm", ".pgm", ".pbm"})
+SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
+MAX_PIXELS = 100_000_000  # a header claiming more is refused before any pixel is allocated
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """An input file that looks like an image of class `label`; `source` is relative to the root."""
+    path: Path
+    source: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Excluded:
+    """An input file left out: `kind` is a short code (counted in metrics), `reason` says why."""
+    source: str
+    label: str
+    kind: str
+    reason: str
+
+
+class BadImage(Exception):
+    """An input file that cannot be used as an image: `kind` is a short code, str() the reason."""
+
+    def __init__(self, kind: str, reason: str):
+        super().__init__(reason)
+        self.kind = kind
+
+
+def scan(root: Path, follow_symlinks: bool) -> tuple[list[Candidate], list[Excluded]]:
+    """Every file under `root`, either as a candidate image or as an exclusion with its reason."""
+    root = root.absolute()
+    candidates: list[Candidate] = []
+    excluded: list[Excluded] = []
+    real_root = root.resolve()
+    seen_dirs = {real_root}
+    stack = [(root, "")]
+    while stack:
+        folder, label = stack.pop()
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            path = Path(entry.path)
+            source = path.relative_to(root).as_posix()
+            problem = _link_problem(path, real_root, follow_symlinks) if entry.is_symlink() else None
+            if problem:
+                excluded.append(Excluded(source, label, *problem))
+            elif entry.is_dir():
+                if entry.name.startswith("."):
+                    excluded += _all_files(path, root, label, "hidden_folder", f"inside hidden folder "
+                                           f"'{entry.name}' (rename it without the leading dot to use it)")
+                elif path.resolve() in seen_dirs:
+                    excluded.append(Excluded(source, label, "symlink_loop",
+                                             "folder link to a folder already read (a cycle or a second path)"))
+                else:
+                    seen_dirs.add(path.resolve())
+                    stack.append((path, label or entry.name))
+            else:
+                problem = _file_problem(entry.name, label)
+                if problem:
+                    excluded.append(Excluded(source, label, *problem))
+                else:
+                    candidates.append(Candidate(path, source, label))
+    candidates.sort(key=lambda c: c.source)
+    excluded.sort(key=lambda e: e.source)
+    return candidates, excluded
+
+
+def _link_problem(path: Path, real_root: Path, follow_symlinks: bool) -> tuple[str, str] | None:
+    if not path.exists():
+        return "broken_symlink", "symlink whose target does not exist"
+    if not follow_symlinks and not path.resolve().is_relative_to(real_root):
+        return ("symlink_outside", f"symlink to {path.resolve()}, outside the data folder "
+                "(set prepare.follow_symlinks: true to follow it)")
+    return None
+
+
+def _file_problem(name: str, label: str) -> tuple[str, str] | None:
+    if not label:
+        return "outside_class_folder", "not inside a class folder (move it into <data>/<class>/)"
+    if name.startswith("._"):
+        return "hidden_file", "macOS AppleDouble metadata file"
+    if name.startswith("."):
+        return "hidden_file", "hidden file"
+    if name.lower() in SYSTEM_FILES:
+        return "hidden_file", "operating-system thumbnail/settings file"
+    suffix = Path(name).suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        return "not_image", (f"not an image file extension ('{suffix or 'none'}'; "
+                             f"allowed: {' '.join(sorted(IMAGE_EXTENSIONS))})")
+    return None
+
+
+def _all_files(folder: Path, root: Path, label: str, kind: str, reason: str) -> list[Excluded]:
+    return [Excluded((Path(d) / f).relative_to(root).as_posix(), label, kind, reason)
+            for d, _, files in os.walk(folder) for f in files]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def decode_image(data: bytes, min_size: int = 1) -> Image.Image:
+    """Encoded bytes -> upright RGB image; raises BadImage with a reason a person understands."""
+    if not data:
+        raise BadImage("empty_file", "empty file (0 bytes)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size  # from the header: nothing decoded yet
+            if width * height > MAX_PIXELS:
+                raise BadImage("decompression_bomb", f"decompression bomb refused: header claims {width}x{height} pixels "
+                               f"(limit {MAX_PIXELS:,})")
+            image.seek(0)  # animated images: the first frame
+            image.load()
+        except UnidentifiedImageError:
+            raise BadImage("not_image", "not a readable image (PIL cannot identify the content)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+            raise BadImage("decompression_bomb", f"decompression bomb refused: {error}") from None
+        except (OSError, SyntaxError, ValueError) as error:
+            raise BadImage("corrupt", f"corrupt or truncated image: {error}") from None
+    if min(image.size) < min_size:
+        raise BadImage("too_small", f"too small: {image.size[0]}x{image.size[1]} px, below prepare.min_size={min_size}")
+    return to_rgb(ImageOps.exif_transpose(image))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparency is flattened onto white, 16-bit is rescaled."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        low, high = array.min(), array.max()
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        return Image.fromarray(scaled.round().astype(np.uint8), "L").convert("RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    """Scale so the shorter side is `size` px, keeping the aspect ratio."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image if new == image.size else image.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)

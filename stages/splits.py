@@ -1,0 +1,77 @@
+"""Leak-free splits: one copy per content hash, label conflicts resolved, seeded stratified split."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+from sklearn.model_selection import train_test_split
+
+SPLITS = ("train", "val", "test")
+
+
+class SplitError(ValueError):
+    """The data cannot be split as the params ask; the message says what to change."""
+
+
+def deduplicate(items: list[dict], on_conflict: str) -> tuple[list[dict], list[dict]]:
+    """Keep one item per sha256. Returns (kept, excluded); excluded items gain 'kind' and 'reason'.
+
+    Same content twice in one class: the first source path is kept. Same content in two
+    classes is a label conflict: every copy is dropped (`on_conflict: drop`) or it fails.
+    """
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for item in sorted(items, key=lambda i: i["source"]):
+        groups[item["sha256"]].append(item)
+    kept, excluded, conflicts = [], [], []
+    for copies in groups.values():
+        labels = sorted({c["label"] for c in copies})
+        if len(labels) > 1:
+            sources = ", ".join(c["source"] for c in copies)
+            conflicts.append(sources)
+            excluded += [dict(c, kind="label_conflict", reason=f"label conflict: same content in classes {labels}: {sources}")
+                         for c in copies]
+            continue
+        kept.append(copies[0])
+        excluded += [dict(c, kind="duplicate", reason=f"duplicate of {copies[0]['source']}") for c in copies[1:]]
+    if conflicts and on_conflict == "fail":
+        raise SplitError("identical images in different classes (prepare.on_conflict: fail):\n  "
+                         + "\n  ".join(conflicts) + "\nRemove the wrong copies or set prepare.on_conflict: drop")
+    return kept, excluded
+
+
+def check_class_sizes(items: list[dict], min_per_class: int, small_classes: str) -> tuple[list[dict], list[dict]]:
+    """Drop or fail on classes with fewer than `min_per_class` usable images."""
+    counts = Counter(i["label"] for i in items)
+    small = {label: n for label, n in counts.items() if n < min_per_class}
+    if small and small_classes == "fail":
+        listing = ", ".join(f"'{k}': {v}" for k, v in sorted(small.items()))
+        raise SplitError(f"class(es) with fewer than prepare.min_per_class={min_per_class} usable images: "
+                         f"{listing}. Add images, or set prepare.small_classes: drop to leave them out")
+    kept = [i for i in items if i["label"] not in small]
+    dropped = [dict(i, kind="small_class", reason=f"class '{i['label']}' has {small[i['label']]} usable images, below "
+                              f"prepare.min_per_class={min_per_class} (prepare.small_classes: drop)")
+               for i in items if i["label"] in small]
+    return kept, dropped
+
+
+def assign_splits(items: list[dict], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """Seeded, stratified train/val/test labels for `items` (in their given order)."""
+    labels = [i["label"] for i in items]
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise SplitError(f"need at least 2 classes to train a classifier, found {classes}")
+    n = len(items)
+    for name, fraction in (("test", test_fraction), ("val", val_fraction)):
+        if math.floor(n * fraction) < len(classes):
+            raise SplitError(f"prepare.{name}_fraction={fraction} of {n} images gives fewer {name} images "
+                             f"than classes ({len(classes)}); add images or raise the fraction")
+    index = list(range(n))
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
+    val_share = val_fraction / (1.0 - test_fraction)
+    train, val = train_test_split(rest, test_size=val_share, stratify=[labels[i] for i in rest],
+                                  random_state=seed)
+    split_of = {}
+    for name, members in zip(SPLITS, (train, val, test)):
+        split_of.update(dict.fromkeys(members, name))
+    return [split_of[i] for i in index]

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny real ImageFolders and a temporary git + DVC copy of this pipeline."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+COLOURS = [(200, 40, 40), (40, 160, 40), (40, 40, 200), (200, 200, 40)]
+
+
+def make_image_folder(root: Path, counts: dict[str, int], size: int = 16, seed: int = 0) -> Path:
+    """Real PNGs: each class a colour plus per-image noise, so every file is distinct and learnable."""
+    rng = np.random.default_rng(seed)
+    for index, (name, count) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            noise = rng.integers(-40, 40, size=(size, size, 3))
+            pixels = np.clip(np.array(COLOURS[index % len(COLOURS)]) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / name / f"img{i:03d}.png")
+    return root
+
+
+def tiny_params(data: str, source: str) -> dict:
+    """The repo's params.yaml, shrunk to seconds of work on 16 px images."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["prepare"].update(data=data, image_size=16, min_per_class=5, val_fraction=0.2, test_fraction=0.25)
+    params["pretrain"].update(data=source, image_size=16, epochs=1, batch_size=16)
+    params["train"].update(crop_size=16, epochs=2, batch_size=16, num_workers=0, patience=2, warmup_epochs=0)
+    params["evaluate"].update(batch_size=32)
+    return params
+
+
+def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture
+def tiny_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "images", {"red": 12, "green": 12, "blue": 12})
+
+
+@pytest.fixture
+def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
+    """A fresh git + DVC repo holding this pipeline, tiny data and tiny params; returns (repo, env)."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", "pyproject.toml"):
+        shutil.copy(ROOT / name, repo / name)
+    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    make_image_folder(repo / "data" / "target", {"red": 12, "green": 12, "blue": 12}, seed=1)
+    make_image_folder(repo / "data" / "source", {"a": 8, "b": 8}, seed=2)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params("data/target", "data/source"), sort_keys=False))
+    (repo / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's python and dvc
+    for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
+                    ["git", "config", "user.name", "test"], ["dvc", "init", "-q"],
+                    ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                    ["git", "commit", "-qm", "tiny pipeline"]):
+        run(command, repo, env)
+    return repo, env

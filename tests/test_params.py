@@ -1,0 +1,55 @@
+"""params.yaml is loaded once into typed objects; every mistake names the key, the value and the fix."""
+
+import pytest
+import yaml
+
+from stages.params import load_params
+from tests.conftest import ROOT
+
+
+def write(tmp_path, change):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    change(params)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def test_repo_params_load_typed():
+    params = load_params(ROOT / "params.yaml")
+    assert params.model.arch == "resnet18"
+    assert isinstance(params.train.lr, float) and isinstance(params.train.epochs, int)
+    assert params.prepare.out == "data/prepared"
+
+
+def test_unknown_key_names_key_and_allowed(tmp_path):
+    path = write(tmp_path, lambda p: p["train"].update(learning_rate=0.1))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) train\.learning_rate.*allowed.*\blr\b"):
+        load_params(path)
+
+
+def test_bad_choice_lists_allowed_values(tmp_path):
+    path = write(tmp_path, lambda p: p["model"].update(arch="vgg16"))
+    with pytest.raises(ValueError, match=r"model\.arch = 'vgg16'.*resnet18, resnet34, resnet50, resnet101, resnet152"):
+        load_params(path)
+
+
+def test_wrong_type_and_range(tmp_path):
+    with pytest.raises(ValueError, match=r"train\.epochs = 'ten' must be int"):
+        load_params(write(tmp_path, lambda p: p["train"].update(epochs="ten")))
+    with pytest.raises(ValueError, match=r"prepare\.test_fraction = 0\.9 is out of range"):
+        load_params(write(tmp_path, lambda p: p["prepare"].update(test_fraction=0.9)))
+    with pytest.raises(ValueError, match=r"train\.hflip = 1 must be bool"):
+        load_params(write(tmp_path, lambda p: p["train"].update(hflip=1)))
+
+
+def test_missing_key_and_section(tmp_path):
+    with pytest.raises(ValueError, match=r"missing key\(s\) train\.lr"):
+        load_params(write(tmp_path, lambda p: p["train"].pop("lr")))
+    with pytest.raises(ValueError, match=r"missing key\(s\) export"):
+        load_params(write(tmp_path, lambda p: p.pop("export")))
+
+
+def test_int_accepted_for_float_and_overrides_apply():
+    params = load_params(ROOT / "params.yaml", overrides={"train": {"lr": 1}})
+    assert params.train.lr == 1.0 and isinstance(params.train.lr, float)

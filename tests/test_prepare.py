@@ -1,0 +1,93 @@
+"""prepare on a real tiny folder: leak-free splits, every file accounted for, input untouched."""
+
+import csv
+import hashlib
+import json
+
+import pytest
+from PIL import Image
+
+from stages import prepare
+from stages.params import load_params
+from tests.conftest import ROOT
+
+
+def folder_hashes(root):
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def params_for(tmp_path, data, **changes):
+    prepare_params = {"data": str(data), "out": str(tmp_path / "prepared"), "metrics": str(tmp_path / "m.json"),
+                      "image_size": 20, "min_per_class": 5, "workers": 1, **changes}
+    return load_params(ROOT / "params.yaml", overrides={"prepare": prepare_params})
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_prepare_splits_resizes_and_accounts_for_every_file(tmp_path, tiny_folder):
+    (tiny_folder / "red" / "notes.txt").write_text("not an image")
+    (tiny_folder / "red" / "copy.png").write_bytes((tiny_folder / "red" / "img000.png").read_bytes())
+    before = folder_hashes(tiny_folder)
+    params = params_for(tmp_path, tiny_folder)
+    metrics = prepare.run(params)
+
+    assert folder_hashes(tiny_folder) == before, "the input folder must never change"
+    manifest = read_csv(tmp_path / "prepared" / "manifest.csv")
+    excluded = read_csv(tmp_path / "prepared" / "excluded.csv")
+    assert len(manifest) + len(excluded) == len(before) == metrics["input_files"] == 38
+    kinds = {e["source"]: e["kind"] for e in excluded}
+    assert kinds == {"red/notes.txt": "not_image", "red/img000.png": "duplicate"}  # copy.png sorts first: kept
+    assert metrics["excluded_by_kind"] == {"duplicate": 1, "not_image": 1}
+    assert len({row["sha256"] for row in manifest}) == len(manifest), "one copy per content"
+    assert metrics["split_sizes"] == {"train": 20, "val": 7, "test": 9}
+    for split in ("train", "val", "test"):
+        assert set(metrics["counts"][split]) == {"red", "green", "blue"}
+    for row in manifest:
+        with Image.open(tmp_path / "prepared" / row["file"]) as image:
+            assert image.mode == "RGB" and min(image.size) == 20
+        assert row["file"].startswith(f"{row['split']}/{row['class']}/")
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+
+
+def test_prepare_is_deterministic(tmp_path, tiny_folder):
+    params = params_for(tmp_path, tiny_folder)
+    prepare.run(params)
+    first = (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    prepare.run(params)
+    assert (tmp_path / "prepared" / "manifest.csv").read_bytes() == first
+
+
+def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
+    prepare.run(params_for(tmp_path, tiny_folder, workers=1))
+    serial = (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    for name in ("blue", "green", "red"):  # enough files for the process pool to be used
+        for i in range(12, 40):
+            (tiny_folder / name / f"img{i:03d}.png").write_bytes((tiny_folder / name / f"img{i % 12:03d}.png")
+                                                                 .read_bytes()[:-12] + bytes([i]) * 12)
+    prepare.run(params_for(tmp_path, tiny_folder, workers=2))
+    assert (tmp_path / "prepared" / "manifest.csv").read_bytes() != serial  # more files now
+    parallel = (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    prepare.run(params_for(tmp_path, tiny_folder, workers=1))
+    assert (tmp_path / "prepared" / "manifest.csv").read_bytes() == parallel
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p / "missing", "does not exist"),
+    (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "is a file"),
+    (lambda p: (p / "empty").mkdir() or p / "empty", "is empty"),
+])
+def test_bad_data_path_fails_before_any_work(tmp_path, make, message):
+    with pytest.raises((FileNotFoundError, NotADirectoryError, ValueError), match=f"prepare.data=.*{message}"):
+        prepare.run(params_for(tmp_path, make(tmp_path)))
+    assert not (tmp_path / "prepared").exists()
+
+
+def test_output_inside_input_is_refused(tmp_path, tiny_folder):
+    before = folder_hashes(tiny_folder)
+    with pytest.raises(ValueError, match="overlap"):
+        prepare.run(params_for(tmp_path, tiny_folder, out=str(tiny_folder / "red" / "out")))
+    assert folder_hashes(tiny_folder) == before

@@ -1,0 +1,61 @@
+"""Starting weights: a local file works; ImageNet offline without a cache fails with the way out."""
+
+import pytest
+import torch
+from torchvision.models import get_model
+
+from stages import pretrain
+from stages.model import load_checkpoint
+from stages.params import load_params
+from stages.weights import WeightsError, imagenet_cache_path
+from tests.conftest import ROOT
+
+
+def pretrain_params(tmp_path, **changes):
+    overrides = {"out": str(tmp_path / "pretrained.pt"), "metrics": str(tmp_path / "pretrain.json"), **changes}
+    return load_params(ROOT / "params.yaml", overrides={"pretrain": overrides})
+
+
+def test_local_file_is_loaded_with_provenance(tmp_path):
+    source = get_model("resnet18", weights=None)
+    torch.save(source.state_dict(), tmp_path / "air-gapped.pth")
+    pretrain.run(pretrain_params(tmp_path, source="file", file=str(tmp_path / "air-gapped.pth")))
+    checkpoint = load_checkpoint(tmp_path / "pretrained.pt", made_by="pretrain")
+    assert checkpoint["arch"] == "resnet18"
+    assert checkpoint["provenance"]["source"] == "file"
+    assert len(checkpoint["provenance"]["origin_sha256"]) == 64
+    assert torch.equal(checkpoint["state_dict"]["conv1.weight"], source.state_dict()["conv1.weight"])
+
+
+def test_file_of_another_architecture_is_refused(tmp_path):
+    torch.save(get_model("resnet50", weights=None).state_dict(), tmp_path / "r50.pth")
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        pretrain.run(pretrain_params(tmp_path, source="file", file=str(tmp_path / "r50.pth")))
+
+
+def test_imagenet_offline_without_cache_names_file_and_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    expected, _ = imagenet_cache_path("resnet18")
+    assert expected == tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(WeightsError) as error:
+        pretrain.run(pretrain_params(tmp_path, source="imagenet", download=False))
+    message = str(error.value)
+    assert str(expected) in message and "pretrain.source: file" in message and "dataset | none" in message
+    assert not (tmp_path / "pretrained.pt").exists()
+
+
+def test_imagenet_cache_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    expected, _ = imagenet_cache_path("resnet18")
+    expected.parent.mkdir(parents=True)
+    torch.save(get_model("resnet18", weights=None).state_dict(), expected)
+    with pytest.raises(WeightsError, match="does not match the SHA-256 prefix 'f37072fd'"):
+        pretrain.run(pretrain_params(tmp_path, source="imagenet", download=False))
+
+
+def test_none_is_seeded_random_init(tmp_path):
+    pretrain.run(pretrain_params(tmp_path, source="none", seed=3))
+    first = load_checkpoint(tmp_path / "pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
+    pretrain.run(pretrain_params(tmp_path, source="none", seed=3))
+    again = load_checkpoint(tmp_path / "pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
+    assert torch.equal(first, again)
