@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,6 +62,25 @@ def image_folder(root: str, transform) -> datasets.ImageFolder:
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root} not found: it is made by the prepare stage (`dvc repro prepare`)")
     return datasets.ImageFolder(root, transform=transform, loader=load_rgb)
+
+
+def split_folder(prepared: str | Path, split: str, transform) -> datasets.ImageFolder:
+    """One prepared split, checked file by file against manifest.csv: nothing missing, nothing added."""
+    prepared = Path(prepared)
+    manifest = prepared / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found: it is made by the prepare stage (`dvc repro prepare`)")
+    with open(manifest, newline="", encoding="utf-8") as f:
+        expected = {row["file"] for row in csv.DictReader(f) if row["split"] == split}
+    dataset = image_folder(str(prepared / split), transform)
+    found = {Path(path).relative_to(prepared).as_posix() for path, _ in dataset.samples}
+    if found != expected:
+        missing, extra = sorted(expected - found), sorted(found - expected)
+        raise UnreadableImageError(
+            f"{prepared / split} no longer matches {manifest}: missing {missing[:10]}, unexpected {extra[:10]}"
+            f" ({len(missing)} missing, {len(extra)} unexpected). Re-create it with `dvc repro prepare` "
+            "(or `dvc checkout data/prepared`)")
+    return dataset
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:

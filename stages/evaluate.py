@@ -12,9 +12,10 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from torch import nn
 
 from stages import tracking
-from stages.data import eval_transform, image_folder, make_loader
+from stages.cli import stage_main
+from stages.data import eval_transform, make_loader, split_folder
 from stages.model import load_checkpoint, model_from_checkpoint
-from stages.params import Params, load_params
+from stages.params import Params
 from stages.prepare import write_json
 from stages.training import predict, resolve_device
 
@@ -25,7 +26,7 @@ def run(params: Params) -> dict:
     """Score models/model.pt on the test split; write metrics/plots and add them to the model's run."""
     checkpoint = load_checkpoint(params.train.out, made_by="train")
     class_names = checkpoint["class_names"]
-    test_set = image_folder(str(Path(params.prepare.out) / "test"), eval_transform(checkpoint["preprocessing"]))
+    test_set = split_folder(params.prepare.out, "test", eval_transform(checkpoint["preprocessing"]))
     if test_set.classes != class_names:
         raise ValueError(f"test split classes {test_set.classes} differ from the model's {class_names}; "
                          "re-run `dvc repro`")
@@ -87,8 +88,7 @@ def log_to_run(params: Params, metrics: dict, targets, predicted, class_names: l
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

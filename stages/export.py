@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 
 from stages import tracking
-from stages.data import eval_transform, image_folder, make_loader
+from stages.cli import stage_main
+from stages.data import eval_transform, make_loader, split_folder
 from stages.imagefolder import sha256_file
 from stages.model import load_checkpoint, model_from_checkpoint
-from stages.params import Params, load_params
+from stages.params import Params
 from stages.prepare import write_json
 
 log = logging.getLogger("export")
@@ -47,7 +48,7 @@ def run(params: Params) -> dict:
 
 def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
     """The real test split, preprocessed exactly as at evaluation."""
-    dataset = image_folder(str(Path(params.prepare.out) / "test"), eval_transform(checkpoint["preprocessing"]))
+    dataset = split_folder(params.prepare.out, "test", eval_transform(checkpoint["preprocessing"]))
     loader = make_loader(dataset, params.evaluate.batch_size, False, 0, 0)
     return torch.cat([images for images, _ in loader])
 
@@ -143,8 +144,7 @@ def log_card(run_id: str, out: Path, parity: dict) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

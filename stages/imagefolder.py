@@ -44,11 +44,13 @@ class BadImage(Exception):
         self.kind = kind
 
 
-def scan(root: Path, follow_symlinks: bool) -> tuple[list[Candidate], list[Excluded]]:
-    """Every file under `root`, either as a candidate image or as an exclusion with its reason."""
+def scan(root: Path, follow_symlinks: bool) -> tuple[list[Candidate], list[Excluded], list[str]]:
+    """Every file under `root` as a candidate image or an exclusion with its reason, plus the class
+    folder names (empty ones too). Sub-folders inside a class folder are read recursively."""
     root = root.absolute()
     candidates: list[Candidate] = []
     excluded: list[Excluded] = []
+    classes: list[str] = []
     real_root = root.resolve()
     seen_dirs = {real_root}
     stack = [(root, "")]
@@ -70,6 +72,8 @@ def scan(root: Path, follow_symlinks: bool) -> tuple[list[Candidate], list[Exclu
                 else:
                     seen_dirs.add(path.resolve())
                     stack.append((path, label or entry.name))
+                    if not label:
+                        classes.append(entry.name)
             else:
                 problem = _file_problem(entry.name, label)
                 if problem:
@@ -78,7 +82,7 @@ def scan(root: Path, follow_symlinks: bool) -> tuple[list[Candidate], list[Exclu
                     candidates.append(Candidate(path, source, label))
     candidates.sort(key=lambda c: c.source)
     excluded.sort(key=lambda e: e.source)
-    return candidates, excluded
+    return candidates, excluded, sorted(classes)
 
 
 def _link_problem(path: Path, real_root: Path, follow_symlinks: bool) -> tuple[str, str] | None:
@@ -129,8 +133,8 @@ def decode_image(data: bytes, min_size: int = 1) -> Image.Image:
             image = Image.open(io.BytesIO(data))
             width, height = image.size  # from the header: nothing decoded yet
             if width * height > MAX_PIXELS:
-                raise BadImage("decompression_bomb", f"decompression bomb refused: header claims {width}x{height} pixels "
-                               f"(limit {MAX_PIXELS:,})")
+                raise BadImage("decompression_bomb", f"decompression bomb refused: header claims "
+                               f"{width}x{height} pixels (limit {MAX_PIXELS:,})")
             image.seek(0)  # animated images: the first frame
             image.load()
         except UnidentifiedImageError:

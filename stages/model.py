@@ -33,7 +33,7 @@ def freeze_backbone(model: nn.Module) -> None:
 def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
     model.train()
     if frozen_backbone:
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
 

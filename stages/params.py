@@ -158,7 +158,8 @@ def _check(key: str, kind, value, meta, source: str):
     if "range" in meta:
         low, high = meta["range"]
         if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"{source}: {key} = {value!r} is out of range [{low}, {high if high is not None else '∞'}]")
+            upper = "∞" if high is None else high
+            raise ValueError(f"{source}: {key} = {value!r} is out of range [{low}, {upper}]")
     return value
 
 

@@ -13,8 +13,9 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from stages.cli import stage_main
 from stages.imagefolder import BadImage, Candidate, decode_image, resize_short_side, scan
-from stages.params import Params, PrepareParams, load_params
+from stages.params import Params, PrepareParams
 from stages.splits import SPLITS, assign_splits, check_class_sizes, deduplicate
 
 log = logging.getLogger("prepare")
@@ -26,17 +27,19 @@ def run(params: Params) -> dict:
     """Scan, decode, deduplicate and split `prepare.data`; returns the counts written to metrics."""
     cfg, start = params.prepare, time.perf_counter()
     root, out = check_paths(cfg)
-    candidates, skipped = scan(root, cfg.follow_symlinks)
+    candidates, skipped, classes = scan(root, cfg.follow_symlinks)
     excluded = [vars(e) for e in skipped]
     staging = out / ".staging"
     staging.mkdir(parents=True)
     decoded, bad = decode_all(candidates, staging, cfg)
     if bad and cfg.on_bad_file == "fail":
+        write_csv(out / "excluded.csv", EXCLUDED_FIELDS, sorted(excluded + bad, key=lambda e: e["source"]))
         listing = "\n  ".join(f"{b['source']}: {b['reason']}" for b in bad)
-        raise ValueError(f"{len(bad)} unusable image(s) in {root} (prepare.on_bad_file: fail):\n  {listing}\n"
+        raise ValueError(f"{len(bad)} unusable image(s) in {root} (prepare.on_bad_file: fail), listed in "
+                         f"{out / 'excluded.csv'}:\n  {listing}\n"
                          "Fix or remove them, or set prepare.on_bad_file: skip to report and leave them out")
     kept, duplicates = deduplicate(decoded, cfg.on_conflict)
-    kept, small = check_class_sizes(kept, cfg.min_per_class, cfg.small_classes)
+    kept, small, dropped_classes = check_class_sizes(kept, classes, cfg.min_per_class, cfg.small_classes)
     for item, split in zip(kept, assign_splits(kept, cfg.val_fraction, cfg.test_fraction, cfg.seed)):
         item["split"] = split
         item["file"] = place(item, staging, out)
@@ -45,6 +48,7 @@ def run(params: Params) -> dict:
     write_csv(out / "manifest.csv", MANIFEST_FIELDS, sorted(kept, key=lambda i: i["source"]))
     write_csv(out / "excluded.csv", EXCLUDED_FIELDS, excluded)
     metrics = summarize(kept, excluded, len(candidates) + len(skipped))
+    metrics["dropped_classes"] = dropped_classes
     write_json(cfg.metrics, metrics)
     log.info("prepared %d images (%d excluded) from %s in %.1f s", metrics["included"],
              metrics["excluded"], root, time.perf_counter() - start)
@@ -137,8 +141,7 @@ def write_json(path: str | Path, data: dict) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

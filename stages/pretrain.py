@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import time
 
-import torch
 from torch import nn
 
+from stages.cli import stage_main
 from stages.data import image_folder, make_loader, train_transform
 from stages.imagefolder import sha256_file
 from stages.model import build_model, save_checkpoint
-from stages.params import Params, load_params
+from stages.params import Params
 from stages.prepare import write_json
 from stages.training import make_optimizer, make_scheduler, resolve_device, seed_everything, train_one_epoch
 from stages.weights import load_file, load_imagenet
@@ -66,8 +66,7 @@ def pretrain_on_dataset(params: Params) -> tuple[nn.Module, dict, dict]:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ def deduplicate(items: list[dict], on_conflict: str) -> tuple[list[dict], list[d
         if len(labels) > 1:
             sources = ", ".join(c["source"] for c in copies)
             conflicts.append(sources)
-            excluded += [dict(c, kind="label_conflict", reason=f"label conflict: same content in classes {labels}: {sources}")
-                         for c in copies]
+            reason = f"label conflict: same content in classes {labels}: {sources}"
+            excluded += [dict(c, kind="label_conflict", reason=reason) for c in copies]
             continue
         kept.append(copies[0])
         excluded += [dict(c, kind="duplicate", reason=f"duplicate of {copies[0]['source']}") for c in copies[1:]]
@@ -40,19 +40,23 @@ def deduplicate(items: list[dict], on_conflict: str) -> tuple[list[dict], list[d
     return kept, excluded
 
 
-def check_class_sizes(items: list[dict], min_per_class: int, small_classes: str) -> tuple[list[dict], list[dict]]:
-    """Drop or fail on classes with fewer than `min_per_class` usable images."""
-    counts = Counter(i["label"] for i in items)
+def check_class_sizes(items: list[dict], classes: list[str], min_per_class: int,
+                      small_classes: str) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """Fail on, or drop, classes (empty folders too) with fewer than `min_per_class` usable images.
+
+    Returns (kept items, excluded items with reasons, {dropped class: usable images})."""
+    found = Counter(i["label"] for i in items)
+    counts = {label: found[label] for label in set(classes) | set(found)}
     small = {label: n for label, n in counts.items() if n < min_per_class}
     if small and small_classes == "fail":
         listing = ", ".join(f"'{k}': {v}" for k, v in sorted(small.items()))
         raise SplitError(f"class(es) with fewer than prepare.min_per_class={min_per_class} usable images: "
                          f"{listing}. Add images, or set prepare.small_classes: drop to leave them out")
     kept = [i for i in items if i["label"] not in small]
-    dropped = [dict(i, kind="small_class", reason=f"class '{i['label']}' has {small[i['label']]} usable images, below "
-                              f"prepare.min_per_class={min_per_class} (prepare.small_classes: drop)")
+    dropped = [dict(i, kind="small_class", reason=f"class '{i['label']}' has {small[i['label']]} usable images, "
+                    f"below prepare.min_per_class={min_per_class} (prepare.small_classes: drop)")
                for i in items if i["label"] in small]
-    return kept, dropped
+    return kept, dropped, dict(sorted(small.items()))
 
 
 def assign_splits(items: list[dict], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
@@ -62,13 +66,16 @@ def assign_splits(items: list[dict], val_fraction: float, test_fraction: float, 
     if len(classes) < 2:
         raise SplitError(f"need at least 2 classes to train a classifier, found {classes}")
     n = len(items)
-    for name, fraction in (("test", test_fraction), ("val", val_fraction)):
-        if math.floor(n * fraction) < len(classes):
-            raise SplitError(f"prepare.{name}_fraction={fraction} of {n} images gives fewer {name} images "
-                             f"than classes ({len(classes)}); add images or raise the fraction")
+    val_share = val_fraction / (1.0 - test_fraction)
+    n_test = math.ceil(n * test_fraction)  # sklearn rounds the held-out part up
+    n_val = math.ceil((n - n_test) * val_share)
+    for name, size in (("test", n_test), ("val", n_val), ("train", n - n_test - n_val)):
+        if size < len(classes):
+            raise SplitError(f"{n} images give {size} {name} images, fewer than the {len(classes)} classes "
+                             f"(prepare.val_fraction={val_fraction}, prepare.test_fraction={test_fraction}); "
+                             "add images or change the fractions")
     index = list(range(n))
     rest, test = train_test_split(index, test_size=test_fraction, stratify=labels, random_state=seed)
-    val_share = val_fraction / (1.0 - test_fraction)
     train, val = train_test_split(rest, test_size=val_share, stratify=[labels[i] for i in rest],
                                   random_state=seed)
     split_of = {}

@@ -11,12 +11,20 @@ from pathlib import Path
 from torch import nn
 
 from stages import tracking
-from stages.data import eval_transform, image_folder, make_loader, preprocessing_spec, train_transform
+from stages.cli import stage_main
+from stages.data import eval_transform, make_loader, preprocessing_spec, split_folder, train_transform
 from stages.model import build_model, freeze_backbone, load_backbone, load_checkpoint, save_checkpoint
-from stages.params import Params, load_params
+from stages.params import Params
 from stages.prepare import write_json
-from stages.training import (EarlyStopping, evaluate, make_optimizer, make_scheduler, resolve_device,
-                             seed_everything, train_one_epoch)
+from stages.training import (
+    EarlyStopping,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    resolve_device,
+    seed_everything,
+    train_one_epoch,
+)
 
 log = logging.getLogger("train")
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"]
@@ -31,8 +39,8 @@ def run(params: Params) -> dict:
     device = resolve_device(cfg.device)
     spec = preprocessing_spec(cfg.crop_size)
     prepared = Path(params.prepare.out)
-    train_set = image_folder(str(prepared / "train"), train_transform(cfg.crop_size, cfg.crop_scale_min, cfg.hflip))
-    val_set = image_folder(str(prepared / "val"), eval_transform(spec))
+    train_set = split_folder(prepared, "train", train_transform(cfg.crop_size, cfg.crop_scale_min, cfg.hflip))
+    val_set = split_folder(prepared, "val", eval_transform(spec))
     if val_set.classes != train_set.classes:
         raise ValueError(f"{prepared}/val classes {val_set.classes} differ from train {train_set.classes}; "
                          "re-run `dvc repro prepare`")
@@ -112,8 +120,7 @@ def write_history(path: str, history: list[dict]) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    run(load_params())
+    stage_main(run)
 
 
 if __name__ == "__main__":

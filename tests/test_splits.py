@@ -44,12 +44,14 @@ def test_duplicates_kept_once_and_conflicts_dropped():
 def test_small_class_fails_with_counts_or_is_dropped_and_reported():
     data = items({"a": 20, "tiny": 3})
     with pytest.raises(SplitError, match="min_per_class=10.*'tiny': 3.*small_classes: drop"):
-        check_class_sizes(data, 10, "fail")
-    kept, dropped = check_class_sizes(data, 10, "drop")
+        check_class_sizes(data, ["a", "tiny"], 10, "fail")
+    kept, dropped, small = check_class_sizes(data, ["a", "tiny", "empty"], 10, "drop")
     assert {k["label"] for k in kept} == {"a"} and len(dropped) == 3
     assert all(d["kind"] == "small_class" for d in dropped)
+    assert small == {"empty": 0, "tiny": 3}
 
 
 def test_too_few_images_for_a_split_says_which_fraction():
-    with pytest.raises(SplitError, match="prepare.test_fraction"):
+    with pytest.raises(SplitError, match=r"10 images give 1 test images, fewer than the 2 classes.*test_fraction=0.05"):
         assign_splits(items({"a": 5, "b": 5}), 0.2, 0.05, seed=0)
+    assert len(assign_splits(items({"a": 5, "b": 5}), 0.2, 0.2, seed=0)) == 10
