@@ -15,8 +15,8 @@ from stages import tracking
 from stages.cli import stage_main
 from stages.data import eval_transform, make_loader, split_folder
 from stages.model import load_checkpoint, model_from_checkpoint
+from stages.outputs import write_json
 from stages.params import Params
-from stages.prepare import write_json
 from stages.training import predict, resolve_device
 
 log = logging.getLogger("evaluate")

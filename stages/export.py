@@ -15,8 +15,9 @@ from stages.cli import stage_main
 from stages.data import eval_transform, make_loader, split_folder
 from stages.imagefolder import sha256_file
 from stages.model import load_checkpoint, model_from_checkpoint
+from stages.model_card import card_markdown, model_card
+from stages.outputs import write_json
 from stages.params import Params
-from stages.prepare import write_json
 
 log = logging.getLogger("export")
 
@@ -24,6 +25,7 @@ log = logging.getLogger("export")
 def run(params: Params) -> dict:
     """Export, prove parity on real test images, register in MLflow, and describe it all in a card."""
     cfg = params.export
+    git = check_committed(cfg.allow_dirty)
     out = Path(cfg.out)
     if out.exists():
         shutil.rmtree(out)
@@ -37,13 +39,23 @@ def run(params: Params) -> dict:
     write_json(out / "labels.json", checkpoint["class_names"])
     write_json(out / "preprocessing.json", checkpoint["preprocessing"])
     registered = register(params, out)
-    card = model_card(params, checkpoint, parity, registered, out)
+    card = model_card(params, checkpoint, parity, registered, git, out)
     write_json(out / "model_card.json", card)
     (out / "model_card.md").write_text(card_markdown(card), encoding="utf-8")
-    log_card(checkpoint["mlflow_run_id"], out, parity)
+    log_card(registered, out, parity, card)
     log.info("exported %s (max |diff| %.2e over %d images); registered %s version %s", out / "model.pt2",
              parity["max_abs_diff"], parity["images"], registered["name"], registered["version"])
     return {"parity": parity, "registered": registered}
+
+
+def check_committed(allow_dirty: bool) -> dict:
+    """Refuse (before any work) to register a model made from uncommitted code or data."""
+    git = tracking.git_state()
+    if git["git_dirty"] and not allow_dirty:
+        raise RuntimeError(f"uncommitted changes in {git['git_dirty_paths'] or 'the repository'}: a registered "
+                           "model must trace back to a commit. Commit them and run `dvc repro` again, or set "
+                           "export.allow_dirty: true (the card and the run then record git_dirty: true)")
+    return git
 
 
 def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
@@ -90,57 +102,19 @@ def register(params: Params, out: Path) -> dict:
             "model_uri": info.model_uri, "run_id": run_id}
 
 
-def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, out: Path) -> dict:
-    """Everything an auditor needs to trace this model back to data, weights, params, code and run."""
-    evaluation = json.loads(Path(params.evaluate.metrics).read_text())
-    lock = tracking.dvc_lock_hashes()
-    return {
-        "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
-                  "files": {"model.pt2": sha256_file(out / "model.pt2"),
-                            params.train.out: sha256_file(params.train.out)},
-                  "best_epoch": checkpoint["best_epoch"]},
-        "preprocessing": checkpoint["preprocessing"],
-        "git": tracking.git_state(),
-        "dvc": {"data": lock.get("prepare", {}).get(params.prepare.data, ""),
-                "prepared": lock.get("prepare", {}).get(params.prepare.out, ""),
-                "pretrained": lock.get("pretrain", {}).get(params.pretrain.out, ""),
-                "model": lock.get("train", {}).get(params.train.out, "")},
-        "weights_provenance": checkpoint["provenance"],
-        "params": checkpoint["params"],
-        "metrics": {k: v for k, v in evaluation.items() if k != "per_class"},
-        "per_class": evaluation["per_class"],
-        "parity": parity,
-        "mlflow": {"tracking_uri": tracking.tracking_uri(), **registered},
-    }
-
-
-def card_markdown(card: dict) -> str:
-    m, metrics = card["model"], card["metrics"]
-    lines = [f"# Model card: {m['arch']} on {len(m['class_names'])} classes", "",
-             f"Classes: {', '.join(m['class_names'])}", "",
-             "| test metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += ["", "## Lineage", "",
-              f"- git commit: `{card['git']['git_commit']}` (dirty: {card['git']['git_dirty']})",
-              f"- MLflow run: `{card['mlflow']['run_id']}`, registered `{card['mlflow']['name']}` "
-              f"version {card['mlflow']['version']}",
-              f"- starting weights: {card['weights_provenance']['source']}: {card['weights_provenance']['origin']}"]
-    lines += [f"- dvc md5 of {name}: `{value}`" for name, value in card["dvc"].items()]
-    lines += [f"- sha256 of {name}: `{value}`" for name, value in m["files"].items()]
-    p = card["parity"]
-    lines += ["", "## Export parity", "",
-              f"On {p['images']} test images: max |logit difference| {p['max_abs_diff']:.2e} "
-              f"(tolerance {p['atol']}), top-1 agreement {p['top1_agreement']:.4f}.", "",
-              "## Preprocessing", "", "```json", json.dumps(card["preprocessing"], indent=2), "```", ""]
-    return "\n".join(lines)
-
-
-def log_card(run_id: str, out: Path, parity: dict) -> None:
+def log_card(registered: dict, out: Path, parity: dict, card: dict) -> None:
+    """Card, parity and the DVC hashes onto the run; the card's hash onto the run and the model version."""
     import mlflow
-    with mlflow.start_run(run_id=run_id):
+    card_sha = sha256_file(out / "model_card.json")
+    with mlflow.start_run(run_id=registered["run_id"]):
         mlflow.log_metrics({f"export_{k}": v for k, v in parity.items()})
         mlflow.log_artifact(str(out / "model_card.json"), "export")
         mlflow.log_artifact(str(out / "model_card.md"), "export")
+        mlflow.set_tags({f"dvc.{name}_md5": value for name, value in card["dvc"].items()}
+                        | {"model_card_sha256": card_sha, "model_pt2_sha256": card["model"]["files"]["model.pt2"]})
+    client = mlflow.MlflowClient()
+    client.set_model_version_tag(registered["name"], registered["version"], "model_card_sha256", card_sha)
+    client.set_model_version_tag(registered["name"], registered["version"], "git_commit", card["git"]["git_commit"])
 
 
 def main() -> None:

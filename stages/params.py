@@ -98,6 +98,7 @@ class ExportParams:
     out: str
     registered_model: str
     atol: float = number(0.0, 1.0)
+    allow_dirty: bool
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,12 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     raw = yaml.safe_load(path.read_text()) or {}
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
-    return _build(Params, raw, str(path), "")
+    return parse_params(raw, str(path))
+
+
+def parse_params(raw: dict, source: str) -> Params:
+    """Validate a params mapping (as read from params.yaml or a model card); `source` names it in errors."""
+    return _build(Params, raw, source, "")
 
 
 def _build(cls, raw, source: str, prefix: str):

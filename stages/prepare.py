@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -15,6 +13,7 @@ from pathlib import Path
 
 from stages.cli import stage_main
 from stages.imagefolder import BadImage, Candidate, decode_image, resize_short_side, scan
+from stages.outputs import write_csv, write_json
 from stages.params import Params, PrepareParams
 from stages.splits import SPLITS, assign_splits, check_class_sizes, deduplicate
 
@@ -33,7 +32,7 @@ def run(params: Params) -> dict:
     staging.mkdir(parents=True)
     decoded, bad = decode_all(candidates, staging, cfg)
     if bad and cfg.on_bad_file == "fail":
-        write_csv(out / "excluded.csv", EXCLUDED_FIELDS, sorted(excluded + bad, key=lambda e: e["source"]))
+        write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(sorted(excluded + bad, key=lambda e: e["source"])))
         listing = "\n  ".join(f"{b['source']}: {b['reason']}" for b in bad)
         raise ValueError(f"{len(bad)} unusable image(s) in {root} (prepare.on_bad_file: fail), listed in "
                          f"{out / 'excluded.csv'}:\n  {listing}\n"
@@ -45,8 +44,8 @@ def run(params: Params) -> dict:
         item["file"] = place(item, staging, out)
     shutil.rmtree(staging)
     excluded = sorted(excluded + bad + duplicates + small, key=lambda e: e["source"])
-    write_csv(out / "manifest.csv", MANIFEST_FIELDS, sorted(kept, key=lambda i: i["source"]))
-    write_csv(out / "excluded.csv", EXCLUDED_FIELDS, excluded)
+    write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=lambda i: i["source"])))
+    write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(excluded))
     metrics = summarize(kept, excluded, len(candidates) + len(skipped))
     metrics["dropped_classes"] = dropped_classes
     write_json(cfg.metrics, metrics)
@@ -127,17 +126,9 @@ def summarize(kept: list[dict], excluded: list[dict], input_files: int) -> dict:
             "counts": counts, "excluded_by_kind": dict(sorted(Counter(e["kind"] for e in excluded).items()))}
 
 
-def write_csv(path: Path, fields: list[str], rows: list[dict]) -> None:
-    rows = [{"class": r["label"], **r} for r in rows]
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def write_json(path: str | Path, data: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+def with_class(rows: list[dict]) -> list[dict]:
+    """The CSV column is `class` (a Python keyword, so `label` inside the code)."""
+    return [{"class": row["label"], **row} for row in rows]
 
 
 def main() -> None:

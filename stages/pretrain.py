@@ -11,8 +11,8 @@ from stages.cli import stage_main
 from stages.data import image_folder, make_loader, train_transform
 from stages.imagefolder import sha256_file
 from stages.model import build_model, save_checkpoint
+from stages.outputs import write_json
 from stages.params import Params
-from stages.prepare import write_json
 from stages.training import make_optimizer, make_scheduler, resolve_device, seed_everything, train_one_epoch
 from stages.weights import load_file, load_imagenet
 
@@ -38,9 +38,9 @@ def run(params: Params) -> dict:
         model = build_model(arch, 1000)
         provenance = {"source": "none", "origin": f"random init, torch.manual_seed({cfg.seed})"}
     save_checkpoint(cfg.out, model, arch=arch, provenance=provenance)
-    metrics.update(seconds=round(time.perf_counter() - start, 1))
-    write_json(cfg.metrics, metrics)
-    log.info("starting weights from %s -> %s (sha256 %s)", provenance["origin"], cfg.out, sha256_file(cfg.out))
+    write_json(cfg.metrics, metrics)  # no timings: committed metrics must reproduce exactly
+    log.info("starting weights from %s -> %s (sha256 %s) in %.1f s", provenance["origin"], cfg.out,
+             sha256_file(cfg.out), time.perf_counter() - start)
     return {**metrics, "provenance": provenance}
 
 

@@ -16,8 +16,9 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-# Outputs the pipeline itself rewrites: changes to them do not make the code or data "dirty".
-PIPELINE_OUTPUTS = ("dvc.lock", "metrics/", "plots/")
+# Changes that do not make a tree "dirty": outputs the pipeline itself rewrites, and params.yaml, whose
+# every value is logged to MLflow and hashed (so `dvc exp run -S ...` experiments stay traceable).
+NOT_DIRTY = ("dvc.lock", "metrics/", "plots/", "models/run.json", "params.yaml")
 LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "mlflow", "dvc")
 
 
@@ -77,21 +78,21 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int, values: dic
 
 
 def git_state(root: Path | None = None) -> dict:
-    """Commit and dirty flag; outputs the pipeline rewrites (dvc.lock, metrics, plots) don't count."""
-    root = root or repo_root()
+    """Commit and dirty flag of the code being run (in a `--temp` experiment: its copy, not DVC_ROOT)."""
+    root = root or Path.cwd()
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
         return result.stdout.strip() if result.returncode == 0 else ""
     commit = git("rev-parse", "HEAD")
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines()]
-    dirty = [p for p in changed if not p.strip('"').startswith(PIPELINE_OUTPUTS)]
+    dirty = [p for p in changed if not p.strip('"').startswith(NOT_DIRTY)]
     return {"git_commit": commit or "unknown (not a git repository)", "git_dirty": bool(dirty) or not commit,
             "git_dirty_paths": dirty[:20]}
 
 
 def dvc_lock_hashes(root: Path | None = None) -> dict:
-    """{stage: {path: md5}} for every dep and out recorded in dvc.lock (empty before the first run)."""
-    lock = (root or repo_root()) / "dvc.lock"
+    """{stage: {path: md5}} for every dep and out in this copy's dvc.lock (empty before the first run)."""
+    lock = (root or Path.cwd()) / "dvc.lock"
     if not lock.is_file():
         return {}
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})

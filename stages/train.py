@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -14,8 +13,8 @@ from stages import tracking
 from stages.cli import stage_main
 from stages.data import eval_transform, make_loader, preprocessing_spec, split_folder, train_transform
 from stages.model import build_model, freeze_backbone, load_backbone, load_checkpoint, save_checkpoint
+from stages.outputs import write_csv, write_json
 from stages.params import Params
-from stages.prepare import write_json
 from stages.training import (
     EarlyStopping,
     evaluate,
@@ -27,7 +26,8 @@ from stages.training import (
 )
 
 log = logging.getLogger("train")
-HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "images_per_s"]
+# images/s goes to MLflow only: the committed curves must reproduce exactly.
+HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
 
 def run(params: Params) -> dict:
@@ -48,7 +48,7 @@ def run(params: Params) -> dict:
     load_backbone(model, pretrained["state_dict"], params.pretrain.out)
     if cfg.freeze == "backbone":
         freeze_backbone(model)
-    with start_run(client, params, pretrained["provenance"]) as run_info:
+    with start_run(client, params, pretrained["provenance"], device) as run_info:
         history, stopper = fit(model.to(device), train_set, val_set, params, device, client, run_info.info.run_id)
         model.load_state_dict(stopper.best_state)
         metrics = {"best_epoch": stopper.best_epoch, f"best_{cfg.monitor}": stopper.best_value,
@@ -56,7 +56,7 @@ def run(params: Params) -> dict:
         tracking.log_epoch_metrics(client, run_info.info.run_id, stopper.best_epoch, metrics)
         save_checkpoint(cfg.out, model, arch=params.model.arch, class_names=list(train_set.classes),
                         preprocessing=spec, params=params.as_dict(), provenance=pretrained["provenance"],
-                        mlflow_run_id=run_info.info.run_id, best_epoch=stopper.best_epoch)
+                        best_epoch=stopper.best_epoch)  # no run id here: same inputs, same bytes
         write_history(cfg.plots, history)
         write_json(cfg.metrics, metrics)
         write_json(cfg.run, {"run_id": run_info.info.run_id, "experiment_id": run_info.info.experiment_id,
@@ -92,7 +92,7 @@ def fit(model, train_set, val_set, params: Params, device, client, run_id: str) 
     return history, stopper
 
 
-def start_run(client, params: Params, provenance: dict):
+def start_run(client, params: Params, provenance: dict, device):
     """A new MLflow run for this model, tagged with everything that ties it to DVC and git."""
     import mlflow
     run = mlflow.start_run(experiment_id=tracking.experiment_id(client, params.train.experiment),
@@ -106,17 +106,14 @@ def start_run(client, params: Params, provenance: dict):
             "dvc.data_md5": lock.get("prepare", {}).get(params.prepare.data, ""),
             "dvc.pretrained_md5": lock.get("pretrain", {}).get(params.pretrain.out, ""),
             "weights.source": provenance["source"], "weights.origin": provenance["origin"],
-            "dvc.experiment": os.environ.get("DVC_EXP_NAME", "")}
+            "dvc.experiment": os.environ.get("DVC_EXP_NAME", ""), "device": str(device), "seed": params.train.seed}
     mlflow.set_tags({k: json.dumps(v) if isinstance(v, list | bool) else v for k, v in tags.items()})
     return run
 
 
 def write_history(path: str, history: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in history)
+    rows = [{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in history]
+    write_csv(path, HISTORY_FIELDS, rows)
 
 
 def main() -> None:

@@ -206,4 +206,5 @@ def test_split_changed_after_prepare_fails_with_the_path(tmp_path, tiny_folder):
     victim.unlink()
     with pytest.raises(UnreadableImageError, match=f"missing \\['train/red/{victim.name}'\\]"):
         split_folder(prepared, "train", eval_transform(spec))
-    assert torch.is_tensor(next(iter(make_loader(split_folder(prepared, "val", eval_transform(spec)), 2, False, 0, 0)))[0])
+    untouched = make_loader(split_folder(prepared, "val", eval_transform(spec)), 2, False, 0, 0)
+    assert torch.is_tensor(next(iter(untouched))[0])

@@ -1,0 +1,69 @@
+"""The model card: what a model is, how well it does, and every link back to data, weights, params,
+code and run (JSON for tools, Markdown for people)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from stages import tracking
+from stages.imagefolder import sha256_file
+from stages.params import Params
+
+
+def dvc_hashes(params: Params, root: Path | None = None) -> dict:
+    """The dvc.lock md5 of each input and output an auditor may want to check, by role."""
+    lock, prepared = tracking.dvc_lock_hashes(root), params.prepare.out
+    return {"data": lock.get("prepare", {}).get(params.prepare.data, ""),
+            "prepared": lock.get("prepare", {}).get(prepared, ""),
+            "split_train": lock.get("train", {}).get(f"{prepared}/train", ""),
+            "split_val": lock.get("train", {}).get(f"{prepared}/val", ""),
+            "split_test": lock.get("evaluate", {}).get(f"{prepared}/test", ""),
+            "pretrained": lock.get("pretrain", {}).get(params.pretrain.out, ""),
+            "model": lock.get("train", {}).get(params.train.out, "")}
+
+
+def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, git: dict, out: Path) -> dict:
+    evaluation = json.loads(Path(params.evaluate.metrics).read_text())
+    return {
+        "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
+                  "files": {"model.pt2": sha256_file(out / "model.pt2"),
+                            params.train.out: sha256_file(params.train.out)},
+                  "best_epoch": checkpoint["best_epoch"]},
+        "preprocessing": checkpoint["preprocessing"],
+        "git": git,
+        "dvc": dvc_hashes(params),
+        "weights_provenance": checkpoint["provenance"],
+        "params": checkpoint["params"],
+        "params_sha256": tracking.params_hash(checkpoint["params"]),
+        "metrics": {k: v for k, v in evaluation.items() if k != "per_class"},
+        "per_class": evaluation["per_class"],
+        "parity": parity,
+        "mlflow": {"tracking_uri": tracking.tracking_uri(), **registered},
+    }
+
+
+def card_markdown(card: dict) -> str:
+    m, metrics = card["model"], card["metrics"]
+    lines = [f"# Model card: {m['arch']} on {len(m['class_names'])} classes", "",
+             f"Classes: {', '.join(m['class_names'])}", "",
+             "| test metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1-score']:.3f} | {r['support']:.0f} |"
+              for name, r in card["per_class"].items()]
+    lines += ["", "## Lineage", "",
+              f"- git commit: `{card['git']['git_commit']}` (dirty: {card['git']['git_dirty']})",
+              f"- MLflow run: `{card['mlflow']['run_id']}`, registered `{card['mlflow']['name']}` "
+              f"version {card['mlflow']['version']}",
+              f"- starting weights: {card['weights_provenance']['source']}: {card['weights_provenance']['origin']}",
+              f"- params sha256: `{card['params_sha256']}`"]
+    lines += [f"- dvc md5 of {name}: `{value}`" for name, value in card["dvc"].items()]
+    lines += [f"- sha256 of {name}: `{value}`" for name, value in m["files"].items()]
+    p = card["parity"]
+    lines += ["", "## Export parity", "",
+              f"On {p['images']} test images: max |logit difference| {p['max_abs_diff']:.2e} "
+              f"(tolerance {p['atol']}), top-1 agreement {p['top1_agreement']:.4f}.", "",
+              "## Preprocessing", "", "```json", json.dumps(card["preprocessing"], indent=2), "```",
+              "", "Verify this card: `python -m stages.lineage models/export`", ""]
+    return "\n".join(lines)
