@@ -82,8 +82,9 @@ def git_state(root: Path | None = None) -> dict:
     root = root or Path.cwd()
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return result.stdout.strip() if result.returncode == 0 else ""
-    commit = git("rev-parse", "HEAD")
+        return result.stdout if result.returncode == 0 else ""
+    commit = git("rev-parse", "HEAD").strip()
+    # porcelain lines are "XY path": the two status columns may be blank, so never strip them
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines()]
     dirty = [p for p in changed if not p.strip('"').startswith(NOT_DIRTY)]
     return {"git_commit": commit or "unknown (not a git repository)", "git_dirty": bool(dirty) or not commit,
