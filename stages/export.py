@@ -18,6 +18,7 @@ from stages.model import load_checkpoint, model_from_checkpoint
 from stages.model_card import card_markdown, model_card
 from stages.outputs import write_json
 from stages.params import Params
+from stages.runtimes import ONNX_FILE, PROGRAM_FILE, RUNTIMES, compare, export_onnx, export_program, load_runtime
 
 log = logging.getLogger("export")
 
@@ -25,7 +26,7 @@ log = logging.getLogger("export")
 def run(params: Params) -> dict:
     """Export, prove parity on real test images, register in MLflow, and describe it all in a card."""
     cfg = params.export
-    git = check_committed(cfg.allow_dirty)
+    git = check_committed(cfg.allow_dirty, params.output_paths())
     out = Path(cfg.out)
     if out.exists():
         shutil.rmtree(out)
@@ -33,9 +34,9 @@ def run(params: Params) -> dict:
     checkpoint = load_checkpoint(params.train.out, made_by="train")
     model = model_from_checkpoint(checkpoint)
     images = test_images(params, checkpoint)
-    program = torch.export.export(model, (images[:2],), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    torch.export.save(program, out / "model.pt2")
-    parity = check_parity(model, torch.export.load(out / "model.pt2").module(), images, cfg.atol)
+    export_program(model, images[:2], out / PROGRAM_FILE)
+    export_onnx(model, images[:2], out / ONNX_FILE, cfg.onnx_opset)
+    parity = check_parity(model, out, images, cfg.atol)
     write_json(out / "labels.json", checkpoint["class_names"])
     write_json(out / "preprocessing.json", checkpoint["preprocessing"])
     registered = register(params, out)
@@ -43,14 +44,16 @@ def run(params: Params) -> dict:
     write_json(out / "model_card.json", card)
     (out / "model_card.md").write_text(card_markdown(card), encoding="utf-8")
     log_card(registered, out, parity, card)
-    log.info("exported %s (max |diff| %.2e over %d images); registered %s version %s", out / "model.pt2",
-             parity["max_abs_diff"], parity["images"], registered["name"], registered["version"])
+    for runtime, figures in parity.items():
+        log.info("%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f", runtime,
+                 figures["images"], figures["max_abs_diff"], figures["top1_agreement"])
+    log.info("registered %s version %s", registered["name"], registered["version"])
     return {"parity": parity, "registered": registered}
 
 
-def check_committed(allow_dirty: bool) -> dict:
+def check_committed(allow_dirty: bool, outputs: tuple[str, ...]) -> dict:
     """Refuse (before any work) to register a model made from uncommitted code or data."""
-    git = tracking.git_state()
+    git = tracking.git_state(outputs)
     if git["git_dirty"] and not allow_dirty:
         raise RuntimeError(f"uncommitted changes in {git['git_dirty_paths'] or 'the repository'}: a registered "
                            "model must trace back to a commit. Commit them and run `dvc repro` again, or set "
@@ -66,14 +69,13 @@ def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_parity(model, exported, images: torch.Tensor, atol: float) -> dict:
-    """Exported vs eager logits on the same images; raises when they differ beyond `atol` or in top-1."""
-    expected, actual = model(images), exported(images)
-    max_diff = (expected - actual).abs().max().item()
-    agreement = (expected.argmax(1) == actual.argmax(1)).float().mean().item()
-    parity = {"images": len(images), "max_abs_diff": max_diff, "top1_agreement": agreement, "atol": atol}
-    if max_diff > atol or agreement < 1.0:
-        raise RuntimeError(f"exported model disagrees with models/model.pt on the test images: {parity}. "
+def check_parity(model, out: Path, images: torch.Tensor, atol: float) -> dict:
+    """Each runtime's logits vs the eager model's on the same images; raises beyond `atol` or on any top-1 change."""
+    expected = model(images).numpy()
+    parity = {runtime: compare(expected, load_runtime(out, runtime)(images.numpy()), atol) for runtime in RUNTIMES}
+    broken = {k: v for k, v in parity.items() if v["max_abs_diff"] > atol or v["top1_agreement"] < 1.0}
+    if broken:
+        raise RuntimeError(f"exported model disagrees with models/model.pt on the test images: {broken}. "
                            "The export is not trustworthy; not registering it")
     return parity
 
@@ -107,11 +109,13 @@ def log_card(registered: dict, out: Path, parity: dict, card: dict) -> None:
     import mlflow
     card_sha = sha256_file(out / "model_card.json")
     with mlflow.start_run(run_id=registered["run_id"]):
-        mlflow.log_metrics({f"export_{k}": v for k, v in parity.items()})
+        mlflow.log_metrics({f"export_{runtime}_{k}": v for runtime, figures in parity.items()
+                            for k, v in figures.items()})
         mlflow.log_artifact(str(out / "model_card.json"), "export")
         mlflow.log_artifact(str(out / "model_card.md"), "export")
         mlflow.set_tags({f"dvc.{name}_md5": value for name, value in card["dvc"].items()}
-                        | {"model_card_sha256": card_sha, "model_pt2_sha256": card["model"]["files"]["model.pt2"]})
+                        | {"model_card_sha256": card_sha}
+                        | {f"{name}_sha256": sha for name, sha in card["model"]["files"].items() if "/" not in name})
     client = mlflow.MlflowClient()
     client.set_model_version_tag(registered["name"], registered["version"], "model_card_sha256", card_sha)
     client.set_model_version_tag(registered["name"], registered["version"], "git_commit", card["git"]["git_commit"])

@@ -36,7 +36,7 @@ def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
 def check_files(export_dir: Path, root: Path, card: dict) -> tuple[str, bool, str]:
     broken = []
     for name, expected in card["model"]["files"].items():
-        path = export_dir / name if name == "model.pt2" else root / name
+        path = root / name if "/" in name else export_dir / name
         if path.is_file() and sha256_file(path) != expected:
             broken.append(f"{path} has sha256 {sha256_file(path)[:16]}…, the card says {expected[:16]}…")
     detail = "; ".join(broken) or ", ".join(f"{n} sha256 {h[:16]}…" for n, h in card["model"]["files"].items())

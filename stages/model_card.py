@@ -9,6 +9,7 @@ from pathlib import Path
 from stages import tracking
 from stages.imagefolder import sha256_file
 from stages.params import Params
+from stages.runtimes import ONNX_FILE, PROGRAM_FILE
 
 
 def dvc_hashes(params: Params, root: Path | None = None) -> dict:
@@ -27,7 +28,7 @@ def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict,
     evaluation = json.loads(Path(params.evaluate.metrics).read_text())
     return {
         "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
-                  "files": {"model.pt2": sha256_file(out / "model.pt2"),
+                  "files": {PROGRAM_FILE: sha256_file(out / PROGRAM_FILE), ONNX_FILE: sha256_file(out / ONNX_FILE),
                             params.train.out: sha256_file(params.train.out)},
                   "best_epoch": checkpoint["best_epoch"]},
         "preprocessing": checkpoint["preprocessing"],
@@ -60,10 +61,12 @@ def card_markdown(card: dict) -> str:
               f"- params sha256: `{card['params_sha256']}`"]
     lines += [f"- dvc md5 of {name}: `{value}`" for name, value in card["dvc"].items()]
     lines += [f"- sha256 of {name}: `{value}`" for name, value in m["files"].items()]
-    p = card["parity"]
-    lines += ["", "## Export parity", "",
-              f"On {p['images']} test images: max |logit difference| {p['max_abs_diff']:.2e} "
-              f"(tolerance {p['atol']}), top-1 agreement {p['top1_agreement']:.4f}.", "",
+    lines += ["", "## Export parity", "", "Against `models/model.pt` (eager PyTorch) on the real test images:", "",
+              "| runtime | images | max abs logit diff | tolerance | top-1 agreement |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {p['images']} | {p['max_abs_diff']:.2e} | {p['atol']} | {p['top1_agreement']:.4f} |"
+              for name, p in card["parity"].items()]
+    lines += ["", f"ONNX opset {card['params']['export']['onnx_opset']}, input `images` float32 NCHW, dynamic batch; "
+              "output `logits` (softmax for probabilities).", "",
               "## Preprocessing", "", "```json", json.dumps(card["preprocessing"], indent=2), "```",
               "", "Verify this card: `python -m stages.lineage models/export`", ""]
     return "\n".join(lines)

@@ -84,6 +84,7 @@ class TrainParams:
     patience: int = number(1, None)
     num_workers: int = number(0, 64)
     seed: int
+    deterministic: bool
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class ExportParams:
     out: str
     registered_model: str
     atol: float = number(0.0, 1.0)
+    onnx_opset: int = number(17, 23)
     allow_dirty: bool
 
 
@@ -112,6 +114,12 @@ class Params:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def output_paths(self) -> tuple[str, ...]:
+        """Every path a stage writes (DVC outs, metrics, plots)."""
+        p = self
+        return (p.prepare.out, p.prepare.metrics, p.pretrain.out, p.pretrain.metrics, p.train.out, p.train.run,
+                p.train.plots, p.train.metrics, p.evaluate.metrics, p.evaluate.plots, p.export.out)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:

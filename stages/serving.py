@@ -11,6 +11,7 @@ import torch
 
 from stages.data import eval_transform
 from stages.imagefolder import decode_image
+from stages.runtimes import load_runtime
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -20,7 +21,8 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.load(Path(context.artifacts["export_dir"]))
 
     def load(self, folder: Path) -> None:
-        self.program = torch.export.load(folder / "model.pt2").module()
+        self.folder = folder
+        self.logits = load_runtime(folder, "torch")
         self.labels = json.loads((folder / "labels.json").read_text())
         self.transform = eval_transform(json.loads((folder / "preprocessing.json").read_text()))
 
@@ -28,8 +30,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         """`image` column of encoded bytes or file paths -> label, probability and one column per class."""
         images = [decode_image(v if isinstance(v, bytes) else Path(v).read_bytes()) for v in model_input["image"]]
         batch = torch.stack([self.transform(image) for image in images])
-        with torch.no_grad():
-            probabilities = torch.softmax(self.program(batch), dim=1)
+        probabilities = torch.softmax(torch.from_numpy(self.logits(batch.numpy())), dim=1)
         best = probabilities.argmax(1)
         frame = pd.DataFrame(probabilities.numpy(), columns=self.labels)
         frame.insert(0, "probability", probabilities.max(1).values.numpy())

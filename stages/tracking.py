@@ -16,9 +16,10 @@ import yaml
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-# Changes that do not make a tree "dirty": outputs the pipeline itself rewrites, and params.yaml, whose
-# every value is logged to MLflow and hashed (so `dvc exp run -S ...` experiments stay traceable).
-NOT_DIRTY = ("dvc.lock", "metrics/", "plots/", "models/run.json", "params.yaml")
+# Changes that do not make a tree "dirty": the pipeline's own outputs, dvc.lock and the .gitignore files
+# DVC writes for them, and params.yaml, whose every value is logged to MLflow and hashed (so
+# `dvc exp run -S ...` experiments stay traceable).
+NOT_DIRTY = ("dvc.lock", "params.yaml")
 LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "mlflow", "dvc")
 
 
@@ -77,7 +78,7 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int, values: dic
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()])
 
 
-def git_state(root: Path | None = None) -> dict:
+def git_state(outputs: tuple[str, ...], root: Path | None = None) -> dict:
     """Commit and dirty flag of the code being run (in a `--temp` experiment: its copy, not DVC_ROOT)."""
     root = root or Path.cwd()
     def git(*args: str) -> str:
@@ -86,7 +87,8 @@ def git_state(root: Path | None = None) -> dict:
     commit = git("rev-parse", "HEAD").strip()
     # porcelain lines are "XY path": the two status columns may be blank, so never strip them
     changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines()]
-    dirty = [p for p in changed if not p.strip('"').startswith(NOT_DIRTY)]
+    skip = NOT_DIRTY + tuple(o.rstrip("/") for o in outputs)
+    dirty = [p for p in changed if not p.strip('"').rstrip("/").startswith(skip) and not p.endswith(".gitignore")]
     return {"git_commit": commit or "unknown (not a git repository)", "git_dirty": bool(dirty) or not commit,
             "git_dirty_paths": dirty[:20]}
 

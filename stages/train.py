@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 from torch import nn
@@ -17,9 +18,11 @@ from stages.outputs import write_csv, write_json
 from stages.params import Params
 from stages.training import (
     EarlyStopping,
+    configure_determinism,
     evaluate,
     make_optimizer,
     make_scheduler,
+    nondeterministic_ops,
     resolve_device,
     seed_everything,
     train_one_epoch,
@@ -48,8 +51,12 @@ def run(params: Params) -> dict:
     load_backbone(model, pretrained["state_dict"], params.pretrain.out)
     if cfg.freeze == "backbone":
         freeze_backbone(model)
-    with start_run(client, params, pretrained["provenance"], device) as run_info:
+    configure_determinism(device, cfg.deterministic)
+    with start_run(client, params, pretrained["provenance"], device) as run_info, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         history, stopper = fit(model.to(device), train_set, val_set, params, device, client, run_info.info.run_id)
+        client.set_tag(run_info.info.run_id, "nondeterministic_ops", json.dumps(nondeterministic_ops(caught)))
         model.load_state_dict(stopper.best_state)
         metrics = {"best_epoch": stopper.best_epoch, f"best_{cfg.monitor}": stopper.best_value,
                    "epochs_run": len(history)}
@@ -100,7 +107,7 @@ def start_run(client, params: Params, provenance: dict, device):
     flat = tracking.flatten(params.as_dict())
     mlflow.log_params({k: "null" if v is None else v for k, v in flat.items()})
     lock = tracking.dvc_lock_hashes()
-    tags = {**tracking.git_state(), **tracking.environment(),
+    tags = {**tracking.git_state(params.output_paths()), **tracking.environment(),
             "params_sha256": tracking.params_hash(params.as_dict()),
             "dvc.prepared_md5": lock.get("prepare", {}).get(params.prepare.out, ""),
             "dvc.data_md5": lock.get("prepare", {}).get(params.prepare.data, ""),

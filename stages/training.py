@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
@@ -30,6 +32,24 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device=cuda but torch sees no CUDA device; set train.device: auto or cpu")
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def configure_determinism(device: torch.device, deterministic: bool) -> None:
+    """CPU kernels here are deterministic for a fixed thread count. On CUDA, `deterministic` turns on
+    PyTorch's deterministic algorithms; ops without one then warn (naming the op) instead of failing."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic  # autotuned kernels: faster, not repeatable
+
+
+def nondeterministic_ops(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The ops PyTorch reported as lacking a deterministic implementation, from recorded warnings."""
+    return sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught
+                   if "does not have a deterministic implementation" in str(w.message)})
 
 
 def autocast(device: torch.device):

@@ -53,8 +53,26 @@ def tiny_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
     """A fresh git + DVC repo holding this pipeline, tiny data and tiny params; returns (repo, env)."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
+    return build_pipeline_repo(tmp_path / "repo")
+
+
+@pytest.fixture(scope="module")
+def trained_repo(tmp_path_factory) -> tuple[Path, dict]:
+    """A pipeline repo after one `dvc repro`, shared by the tests of one module."""
+    repo, env = build_pipeline_repo(tmp_path_factory.mktemp("trained") / "repo")
+    run(["dvc", "repro"], repo, env)
+    return repo, env
+
+
+def clean_env() -> dict:
+    """This environment minus MLflow/DVC settings, with this venv's python and dvc first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return env
+
+
+def build_pipeline_repo(repo: Path) -> tuple[Path, dict]:
+    repo.mkdir(parents=True)
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
@@ -62,8 +80,7 @@ def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
     make_image_folder(repo / "data" / "source", {"a": 8, "b": 8}, seed=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params("data/target", "data/source"), sort_keys=False))
     (repo / ".gitignore").write_text((ROOT / ".gitignore").read_text())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"  # this venv's python and dvc
+    env = clean_env()
     for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
                     ["git", "config", "user.name", "test"], ["dvc", "init", "-q"],
                     ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],

@@ -1,0 +1,84 @@
+"""Reproducibility and lineage on the real pipeline: same inputs give the same bytes, and any swap of
+model, data or card breaks a named link."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run
+from tests.test_pipeline import set_param
+
+pytestmark = pytest.mark.pipeline
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def lineage(repo, env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "stages.lineage", "models/export"], cwd=repo, env=env,
+                          capture_output=True, text=True)
+
+
+def test_same_inputs_same_bytes_and_lineage_catches_swaps(pipeline_repo):
+    repo, env = pipeline_repo
+    run(["dvc", "repro"], repo, env)
+    outputs = ["models/model.pt", "models/pretrained.pt", "metrics/evaluate.json", "metrics/train.json",
+               "metrics/prepare.json", "metrics/pretrain.json", "plots/train.csv", "plots/confusion.csv"]
+    first = {p: digest(repo / p) for p in outputs}
+    run(["dvc", "repro", "--force"], repo, env)
+    assert {p: digest(repo / p) for p in outputs} == first, "a forced re-run on CPU must give identical bytes"
+
+    good = lineage(repo, env)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "8/8 links verified" in good.stdout
+
+    model = repo / "models/export/model.pt2"
+    original = model.read_bytes()
+    model.write_bytes(original + b"swapped")
+    broken = lineage(repo, env)
+    assert broken.returncode == 1 and "BROKEN model file -> model card" in broken.stdout
+    model.write_bytes(original)
+
+    split_file = sorted((repo / "data/prepared/train/red").iterdir())[0]
+    original = split_file.read_bytes()
+    split_file.write_bytes((repo / "data/target/green/img000.png").read_bytes())
+    broken = lineage(repo, env)
+    assert broken.returncode == 1 and "data/prepared/train: modified" in broken.stdout
+    split_file.write_bytes(original)
+
+    card_path = repo / "models/export/model_card.json"
+    original = card_path.read_text()
+    card = json.loads(original)
+    card["metrics"]["test_accuracy"] = 1.0
+    card_path.write_text(json.dumps(card, indent=2))
+    broken = lineage(repo, env)
+    assert broken.returncode == 1 and "model_card_sha256 (card edited?)" in broken.stdout
+    card_path.write_text(original)
+    assert lineage(repo, env).returncode == 0
+
+
+def test_dirty_tree_is_recorded_and_not_registered_unless_allowed(pipeline_repo):
+    repo, env = pipeline_repo
+    (repo / "scratch.py").write_text("# uncommitted code\n")
+    failed = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert failed.returncode != 0
+    assert "uncommitted changes in ['scratch.py']" in failed.stdout + failed.stderr
+    assert "export.allow_dirty: true" in failed.stdout + failed.stderr
+
+    set_param(repo, "export", "allow_dirty", True)
+    run(["dvc", "repro"], repo, env)
+    card = json.loads((repo / "models/export/model_card.json").read_text())
+    assert card["git"]["git_dirty"] is True and card["git"]["git_dirty_paths"] == ["scratch.py"]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    [found] = client.search_runs([client.get_experiment_by_name("image-classifier").experiment_id])
+    assert found.data.tags["git_dirty"] == "true"
+    for library in ("torch", "torchvision", "numpy", "pillow", "mlflow", "dvc"):
+        assert found.data.tags[f"version.{library}"][0].isdigit()
+    assert found.data.tags["device"] == "cpu" and found.data.tags["seed"] == "42"
