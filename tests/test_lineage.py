@@ -51,6 +51,14 @@ def test_same_inputs_same_bytes_and_lineage_catches_swaps(pipeline_repo):
     split_file.write_bytes((repo / "data/target/green/img000.png").read_bytes())
     broken = lineage(repo, env)
     assert broken.returncode == 1 and "data/prepared/train: modified" in broken.stdout
+
+    # the same file made unreadable: the train stage names it, even from a DataLoader worker process
+    split_file.write_bytes(b"no longer an image")
+    set_param(repo, "train", "num_workers", 1)
+    stage = subprocess.run([sys.executable, "-m", "stages.train"], cwd=repo, env=env, capture_output=True, text=True)
+    assert stage.returncode == 1
+    assert f"cannot read {split_file.relative_to(repo)}" in stage.stderr and "Traceback" not in stage.stderr
+    set_param(repo, "train", "num_workers", 0)
     split_file.write_bytes(original)
 
     card_path = repo / "models/export/model_card.json"
