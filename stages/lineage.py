@@ -1,7 +1,7 @@
 """Trace an exported model back to its data, weights, params, code and MLflow run, verifying each link.
 
 Usage: python -m stages.lineage <export dir | file inside it>   (run from the repository root)
-Prints the chain; exits 1 naming the first link of each kind that does not hold.
+Prints the chain; exits 1 naming every link that does not hold.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
         return [("model card", False, f"{card_path} not found: is {export_dir} an export folder?")]
     card = json.loads(card_path.read_text())
     links = [check_files(export_dir, root, card), check_lock(root, card), check_workspace(root),
-             check_params(root, card), check_commit(root, card)]
+             check_params(card), check_commit(root, card)]
     links += check_mlflow(card, sha256_file(card_path), root)
     return links
 
@@ -37,8 +37,9 @@ def check_files(export_dir: Path, root: Path, card: dict) -> tuple[str, bool, st
     broken = []
     for name, expected in card["model"]["files"].items():
         path = root / name if "/" in name else export_dir / name
-        if path.is_file() and sha256_file(path) != expected:
-            broken.append(f"{path} has sha256 {sha256_file(path)[:16]}…, the card says {expected[:16]}…")
+        actual = sha256_file(path) if path.is_file() else expected
+        if actual != expected:
+            broken.append(f"{path} has sha256 {actual[:16]}…, the card says {expected[:16]}…")
     detail = "; ".join(broken) or ", ".join(f"{n} sha256 {h[:16]}…" for n, h in card["model"]["files"].items())
     return "model file -> model card", not broken, detail
 
@@ -64,7 +65,7 @@ def check_workspace(root: Path) -> tuple[str, bool, str]:
     return "dvc.lock -> data, weights and model on disk", not changed, "; ".join(changed) or "dvc status: unchanged"
 
 
-def check_params(root: Path, card: dict) -> tuple[str, bool, str]:
+def check_params(card: dict) -> tuple[str, bool, str]:
     recomputed = tracking.params_hash(card["params"])
     ok = recomputed == card["params_sha256"]
     detail = f"params_sha256 {recomputed[:16]}…"
