@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
+from stages.exported import RUNTIMES
 from stages.predict import predict
-from stages.runtimes import RUNTIMES
 
 
 def main() -> None:

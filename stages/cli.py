@@ -1,29 +1,51 @@
-"""The entry point every stage shares: load params.yaml once, run, and turn failures into one clear line."""
+"""The entry point every stage shares: load params.yaml once, set up torch, run, and turn failures into one
+clear line."""
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from stages.params import Params, load_params
+from stages.repository import check_committed
 
 log = logging.getLogger("stage")
 # Failures a user can fix (bad params, data, paths, weights, unreachable store): their message says how.
 USER_ERRORS = (ValueError, OSError, RuntimeError)
 
 
-def stage_main(run: Callable[[Params], dict]) -> None:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so cleanups run and the MLflow run is marked KILLED."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated(f"stopped by signal {signum}")
+
+
+def stage_main(run: Callable[[Params], dict], uses_torch: bool = True) -> None:
+    """Run a stage as a process. Torch is set up (runtime.pin) before the stage touches a tensor."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        run(load_params())
+        params = load_params()
+        check_committed(params.export.allow_dirty, params.output_paths())  # before any work, not after it
+        if uses_torch:
+            from stages import runtime
+            runtime.pin(params.runtime.reproducible, params.runtime.threads,
+                        runtime.resolve_device(params.train.device))
+        run(params)
     except USER_ERRORS as error:
         if os.environ.get("PIPELINE_TRACEBACK"):
             raise
         log.error("%s: %s", type(error).__name__, worker_message(str(error)))
         log.error("(set PIPELINE_TRACEBACK=1 to see the traceback)")
         sys.exit(1)
+    except KeyboardInterrupt as stop:
+        log.error("stopped (%s): outputs were not written; run the stage again", stop or "Ctrl-C")
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
 
 
 def worker_message(message: str) -> str:

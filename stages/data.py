@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
 from torchvision.transforms import v2
 
@@ -83,15 +82,53 @@ def split_folder(prepared: str | Path, split: str, transform) -> datasets.ImageF
     return dataset
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of one image in one epoch (index -1: the epoch's shuffle)."""
+    return int(np.random.SeedSequence([seed, epoch, index + 1]).generate_state(1)[0])
+
+
+class EpochSampler(Sampler):
+    """One epoch's order, each index paired with its own augmentation seed, both derived from (seed, epoch,
+    index) alone: which worker, how many workers, or where a run resumed cannot change an image's crop."""
+
+    def __init__(self, size: int, shuffle: bool, seed: int):
+        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        order = range(self.size)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in order])
+
+
+class SeededAugmentation(Dataset):
+    """Wraps a dataset whose transform draws from torch's global RNG: item (index, seed) runs it under `seed`."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, seed = item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
-    """Seeded loader: the same seed gives the same batches and augmentations."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      generator=generator, worker_init_fn=_seed_worker if num_workers else None,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
-
-
-def _seed_worker(worker_id: int) -> None:
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
+    """Batches of `dataset`; with `shuffle` (training) a seeded order and per-image augmentation seeds, and the
+    last batch dropped when partial (a batch of one breaks BatchNorm). Call `loader.sampler.set_epoch(epoch)`."""
+    sampler = EpochSampler(len(dataset), shuffle, seed)
+    drop_last = shuffle and len(dataset) > batch_size
+    return DataLoader(SeededAugmentation(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
+                      num_workers=num_workers, persistent_workers=num_workers > 0,
+                      pin_memory=torch.cuda.is_available())

@@ -1,32 +1,45 @@
-"""Stage export: a torch.export program checked against the trained model, a model card, and a
-registered MLflow model version."""
+"""Stage export: ONNX and torch.export programs checked against the trained model, a model card, and, last,
+a registered MLflow model version."""
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from stages import tracking
+from stages import runtime, tracking
 from stages.cli import stage_main
 from stages.data import eval_transform, make_loader, split_folder
+from stages.exported import (
+    CARD_FILE,
+    ONNX_FILE,
+    PROGRAM_FILE,
+    RUNTIMES,
+    compare,
+    export_onnx,
+    export_program,
+    load_runtime,
+)
 from stages.imagefolder import sha256_file
 from stages.model import load_checkpoint, model_from_checkpoint
 from stages.model_card import card_markdown, model_card
-from stages.outputs import write_json
+from stages.outputs import write_json, write_text
 from stages.params import Params
-from stages.runtimes import ONNX_FILE, PROGRAM_FILE, RUNTIMES, compare, export_onnx, export_program, load_runtime
+from stages.repository import check_committed
 
 log = logging.getLogger("export")
 
 
 def run(params: Params) -> dict:
-    """Export, prove parity on real test images, register in MLflow, and describe it all in a card."""
+    """Export, prove parity on real test images, describe it all in a card, and register it last."""
     cfg = params.export
-    git = check_committed(cfg.allow_dirty, params.output_paths())
+    git = check_committed(cfg.allow_dirty, params.output_paths())  # before any work
+    client = tracking.connect(params.tracking.timeout)
+    run_id = tracking.reopen(client, params.train.run, "export").info.run_id
     out = Path(cfg.out)
     if out.exists():
         shutil.rmtree(out)
@@ -39,26 +52,21 @@ def run(params: Params) -> dict:
     parity = check_parity(model, out, images, cfg.atol)
     write_json(out / "labels.json", checkpoint["class_names"])
     write_json(out / "preprocessing.json", checkpoint["preprocessing"])
-    registered = register(params, out)
-    card = model_card(params, checkpoint, parity, registered, git, out)
-    write_json(out / "model_card.json", card)
-    (out / "model_card.md").write_text(card_markdown(card), encoding="utf-8")
-    log_card(registered, out, parity, card)
-    for runtime, figures in parity.items():
-        log.info("%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f", runtime,
+    environment = runtime.fingerprint(torch.device("cpu"), params.runtime.reproducible)
+    card = model_card(params, checkpoint, parity, {"name": cfg.registered_model, "run_id": run_id}, git, out,
+                      environment)
+    write_json(out / CARD_FILE, card)
+    write_text(out / "model_card.md", card_markdown(card))
+    card_sha = sha256_file(out / CARD_FILE)
+    log_card(client, run_id, out, parity, card, card_sha)
+    registered = register(client, params, out, run_id, card, card_sha)  # last: a version is always complete
+    write_json(out / "registry.json", registered)  # informational: the card is found from the version by hash
+    for name, figures in parity.items():
+        log.info("%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f", name,
                  figures["images"], figures["max_abs_diff"], figures["top1_agreement"])
-    log.info("registered %s version %s", registered["name"], registered["version"])
+    log.info("%s %s version %s", "reused" if registered["reused"] else "registered", registered["name"],
+             registered["version"])
     return {"parity": parity, "registered": registered}
-
-
-def check_committed(allow_dirty: bool, outputs: tuple[str, ...]) -> dict:
-    """Refuse (before any work) to register a model made from uncommitted code or data."""
-    git = tracking.git_state(outputs)
-    if git["git_dirty"] and not allow_dirty:
-        raise RuntimeError(f"uncommitted changes in {git['git_dirty_paths'] or 'the repository'}: a registered "
-                           "model must trace back to a commit. Commit them and run `dvc repro` again, or set "
-                           "export.allow_dirty: true (the card and the run then record git_dirty: true)")
-    return git
 
 
 def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
@@ -70,55 +78,68 @@ def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
 
 @torch.no_grad()
 def check_parity(model, out: Path, images: torch.Tensor, atol: float) -> dict:
-    """Each runtime's logits vs the eager model's on the same images; raises beyond `atol` or on any top-1 change."""
+    """Each runtime's logits vs the eager model's on the same images; raises beyond `atol`, on any top-1
+    change, or on any value that is not finite (NaN never passes a tolerance)."""
     expected = model(images).numpy()
-    parity = {runtime: compare(expected, load_runtime(out, runtime)(images.numpy()), atol) for runtime in RUNTIMES}
-    broken = {k: v for k, v in parity.items() if v["max_abs_diff"] > atol or v["top1_agreement"] < 1.0}
+    if not np.isfinite(expected).all():
+        raise RuntimeError("models/model.pt gives non-finite logits on the test images: the model is broken "
+                           "(did training diverge?); not exporting it")
+    parity = {name: compare(expected, load_runtime(out, name)(images.numpy()), atol) for name in RUNTIMES}
+    broken = {k: v for k, v in parity.items()
+              if not np.isfinite(v["max_abs_diff"]) or v["max_abs_diff"] > atol or v["top1_agreement"] < 1.0}
     if broken:
         raise RuntimeError(f"exported model disagrees with models/model.pt on the test images: {broken}. "
                            "The export is not trustworthy; not registering it")
     return parity
 
 
-def register(params: Params, out: Path) -> dict:
-    """Log the export as an MLflow pyfunc (signature + input example) and register a new version."""
+def log_card(client, run_id: str, out: Path, parity: dict, card: dict, card_sha: str) -> None:
+    """Card, parity and the DVC hashes onto the run, without changing its status."""
+    tracking.log_epoch_metrics(client, run_id, 0, {f"export_{name}_{k}": v for name, figures in parity.items()
+                                                   for k, v in figures.items()})
+    client.log_artifact(run_id, str(out / CARD_FILE), "export")
+    client.log_artifact(run_id, str(out / "model_card.md"), "export")
+    tags = ({f"dvc.{name}_md5": value for name, value in card["dvc"].items()} | {"model_card_sha256": card_sha}
+            | {f"{name}_sha256": sha for name, sha in card["model"]["files"].items() if "/" not in name})
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
+def register(client, params: Params, out: Path, run_id: str, card: dict, card_sha: str) -> dict:
+    """A registered version for this export, created in one call with the tags that tie it to its card. The
+    same card exported again reuses its version; versions of this run left without a card are marked."""
     import mlflow
     import pandas
     from mlflow.models import infer_signature
 
     from stages.serving import ImageClassifier
 
-    tracking.connect()
-    run_id = json.loads(Path(params.train.run).read_text())["run_id"]
+    name = params.export.registered_model
+    versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    for version in versions:
+        if version.tags.get("model_card_sha256") == card_sha:
+            return {"name": name, "version": str(version.version), "run_id": run_id, "reused": True}
+    for version in versions:
+        if "model_card_sha256" not in version.tags and "incomplete" not in version.tags:
+            client.set_model_version_tag(name, version.version, "incomplete",
+                                         "export did not finish: no model card; do not use")
+            log.warning("%s version %s has no model card (an interrupted export): tagged incomplete", name,
+                        version.version)
     example_file = next((Path(params.prepare.out) / "test").rglob("*.png"))
     example = pandas.DataFrame({"image": [example_file.read_bytes()]})
-    with mlflow.start_run(run_id=run_id):
-        loaded = ImageClassifier()
-        loaded.load(out)
-        signature = infer_signature(example, loaded.predict(None, example))
-        # Log a fresh instance: MLflow pickles it, and the loaded program is rebuilt in load_context.
-        info = mlflow.pyfunc.log_model(name="model", python_model=ImageClassifier(), artifacts={"export_dir": str(out)},
-                                       code_paths=[str(Path(__file__).parent)], signature=signature,
-                                       input_example=example, registered_model_name=params.export.registered_model)
-    return {"name": params.export.registered_model, "version": str(info.registered_model_version),
-            "model_uri": info.model_uri, "run_id": run_id}
-
-
-def log_card(registered: dict, out: Path, parity: dict, card: dict) -> None:
-    """Card, parity and the DVC hashes onto the run; the card's hash onto the run and the model version."""
-    import mlflow
-    card_sha = sha256_file(out / "model_card.json")
-    with mlflow.start_run(run_id=registered["run_id"]):
-        mlflow.log_metrics({f"export_{runtime}_{k}": v for runtime, figures in parity.items()
-                            for k, v in figures.items()})
-        mlflow.log_artifact(str(out / "model_card.json"), "export")
-        mlflow.log_artifact(str(out / "model_card.md"), "export")
-        mlflow.set_tags({f"dvc.{name}_md5": value for name, value in card["dvc"].items()}
-                        | {"model_card_sha256": card_sha}
-                        | {f"{name}_sha256": sha for name, sha in card["model"]["files"].items() if "/" not in name})
-    client = mlflow.MlflowClient()
-    client.set_model_version_tag(registered["name"], registered["version"], "model_card_sha256", card_sha)
-    client.set_model_version_tag(registered["name"], registered["version"], "git_commit", card["git"]["git_commit"])
+    loaded = ImageClassifier()
+    loaded.load(out)
+    signature = infer_signature(example, loaded.predict(None, example))
+    artifact_path = f"model-{card_sha[:12]}"
+    with tempfile.TemporaryDirectory() as scratch:
+        mlflow.pyfunc.save_model(Path(scratch) / "model", python_model=str(Path(__file__).with_name("served_model.py")),
+                                 artifacts={"export_dir": str(out)}, code_paths=[str(Path(__file__).parent)],
+                                 signature=signature, input_example=example)
+        client.log_artifacts(run_id, str(Path(scratch) / "model"), artifact_path)
+    tags = {"model_card_sha256": card_sha, "git_commit": card["git"]["git_commit"],
+            "onnx_sha256": card["model"]["files"][ONNX_FILE]}
+    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name, tags=tags)
+    return {"name": name, "version": str(version.version), "run_id": run_id, "reused": False}
 
 
 def main() -> None:

@@ -123,8 +123,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def decode_image(data: bytes, min_size: int = 1) -> Image.Image:
-    """Encoded bytes -> upright RGB image; raises BadImage with a reason a person understands."""
+def decode_image(data: bytes, min_size: int = 1, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Encoded bytes -> upright RGB image; raises BadImage with a reason a person understands. Images whose
+    header claims more than `max_pixels` are refused before any pixel is decoded."""
     if not data:
         raise BadImage("empty_file", "empty file (0 bytes)")
     with warnings.catch_warnings():
@@ -132,9 +133,9 @@ def decode_image(data: bytes, min_size: int = 1) -> Image.Image:
         try:
             image = Image.open(io.BytesIO(data))
             width, height = image.size  # from the header: nothing decoded yet
-            if width * height > MAX_PIXELS:
+            if width * height > max_pixels:
                 raise BadImage("decompression_bomb", f"decompression bomb refused: header claims "
-                               f"{width}x{height} pixels (limit {MAX_PIXELS:,})")
+                               f"{width}x{height} pixels (limit {max_pixels:,})")
             image.seek(0)  # animated images: the first frame
             image.load()
         except UnidentifiedImageError:

@@ -26,7 +26,15 @@ def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
     card_path = export_dir / "model_card.json"
     if not card_path.is_file():
         return [("model card", False, f"{card_path} not found: is {export_dir} an export folder?")]
-    card = json.loads(card_path.read_text())
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        parse_params(card["params"], f"{card_path} params")
+        for key in ("model", "dvc", "git", "mlflow", "params_sha256"):
+            card[key]  # noqa: B018 - a card without any of these cannot be traced
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        kind = "empty" if not card_path.stat().st_size else type(error).__name__
+        return [("model card", False, f"{card_path} is not a readable model card ({kind}: {str(error)[:120]}); "
+                 "re-create it with `dvc repro export` or restore it from DVC (`dvc checkout`)")]
     links = [check_files(export_dir, root, card), check_lock(root, card), check_workspace(root),
              check_params(card), check_commit(root, card)]
     links += check_mlflow(card, sha256_file(card_path), root)
@@ -37,8 +45,9 @@ def check_files(export_dir: Path, root: Path, card: dict) -> tuple[str, bool, st
     broken = []
     for name, expected in card["model"]["files"].items():
         path = root / name if "/" in name else export_dir / name
-        actual = sha256_file(path) if path.is_file() else expected
-        if actual != expected:
+        if not path.is_file():
+            broken.append(f"{path} is missing (the card records sha256 {expected[:16]}…)")
+        elif (actual := sha256_file(path)) != expected:
             broken.append(f"{path} has sha256 {actual[:16]}…, the card says {expected[:16]}…")
     detail = "; ".join(broken) or ", ".join(f"{n} sha256 {h[:16]}…" for n, h in card["model"]["files"].items())
     return "model file -> model card", not broken, detail
@@ -81,30 +90,35 @@ def check_commit(root: Path, card: dict) -> tuple[str, bool, str]:
 
 
 def check_mlflow(card: dict, card_sha: str, root: Path) -> list[tuple[str, bool, str]]:
+    """The run's tags and the registered version (found by the card's hash) must agree with the card."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or card["mlflow"]["tracking_uri"]
-    client = mlflow.MlflowClient(uri)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.resolve_uri(card["mlflow"]["tracking_uri"], root)
     info = card["mlflow"]
+    store = tracking.sqlite_path(uri)
+    if store is not None and not store.is_file():  # never create an empty store by looking
+        return [("git commit -> MLflow run", False, f"the MLflow store {store} does not exist; copy it here or "
+                 "set MLFLOW_TRACKING_URI to where the run is")]
+    client = mlflow.MlflowClient(uri)
     try:
         run = client.get_run(info["run_id"])
-        version = client.get_model_version(info["name"], info["version"])
+        versions = client.search_model_versions(f"name='{info['name']}' and run_id='{info['run_id']}'")
     except MlflowException as error:
-        return [("git commit -> MLflow run", False, f"run {info['run_id']} / {info['name']} v{info['version']} "
-                 f"not found in {uri}: {error.message[:200]}")]
-    links = []
+        return [("git commit -> MLflow run", False, f"run {info['run_id']} not found in {uri}: "
+                 f"{error.message.splitlines()[0][:200]}")]
     tags = run.data.tags
     same = [tags.get("model_card_sha256") == card_sha, tags.get("params_sha256") == card["params_sha256"],
             tags.get("git_commit") == card["git"]["git_commit"]]
-    links.append(("git commit -> MLflow run", all(same),
-                  f"run {info['run_id']} in {uri}" if all(same) else
-                  "the run's tags disagree with this card: " + ", ".join(
-                      n for n, ok in zip(("model_card_sha256 (card edited?)", "params_sha256", "git_commit"), same)
-                      if not ok)))
-    registry_ok = version.run_id == info["run_id"] and version.tags.get("model_card_sha256") == card_sha
-    links.append(("MLflow run -> registry", registry_ok,
-                  f"{info['name']} version {info['version']}" if registry_ok else
-                  f"{info['name']} version {info['version']} belongs to run {version.run_id} or has another card"))
+    links = [("git commit -> MLflow run", all(same),
+              f"run {info['run_id']} ({run.info.status}) in {uri}" if all(same) else
+              "the run's tags disagree with this card: " + ", ".join(
+                  n for n, ok in zip(("model_card_sha256 (card edited?)", "params_sha256", "git_commit"), same)
+                  if not ok))]
+    matching = [v for v in versions if v.tags.get("model_card_sha256") == card_sha and "incomplete" not in v.tags]
+    links.append(("MLflow run -> registry", bool(matching),
+                  f"{info['name']} version {', '.join(str(v.version) for v in matching)} carries this card's hash"
+                  if matching else f"no complete version of {info['name']} from run {info['run_id']} carries this "
+                  "card's hash (not registered, or the card was changed)"))
     run_file = root / card["params"]["train"]["run"]
     if run_file.is_file():
         recorded = json.loads(run_file.read_text())["run_id"]

@@ -1,4 +1,4 @@
-"""ResNet building, head replacement, freezing, and self-describing checkpoints."""
+"""Building torchvision classifiers, replacing and freezing their heads, and self-describing checkpoints."""
 
 from __future__ import annotations
 
@@ -8,26 +8,41 @@ import torch
 from torch import nn
 from torchvision.models import get_model
 
+from stages.architectures import ARCHITECTURES
+from stages.outputs import write_serialized
+
 
 def build_model(arch: str, num_classes: int) -> nn.Module:
     """A randomly initialised torchvision `arch` with a `num_classes`-way head."""
     return get_model(arch, weights=None, num_classes=num_classes)
 
 
-def load_backbone(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
-    """Load every weight except the classifier head (`fc.*`), which the new task replaces."""
-    backbone = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+def head_prefix(arch: str) -> str:
+    return ARCHITECTURES[arch].head + "."
+
+
+def head_classes(arch: str, state_dict: dict[str, torch.Tensor]) -> int | None:
+    """How many classes a state dict's head predicts (None when it has no head for `arch`)."""
+    weight = state_dict.get(head_prefix(arch) + "weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
+def load_backbone(model: nn.Module, arch: str, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load every weight except the classifier head, which the new task replaces."""
+    head = head_prefix(arch)
+    backbone = {k: v for k, v in state_dict.items() if not k.startswith(head)}
     missing, unexpected = model.load_state_dict(backbone, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
+    missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
-        raise ValueError(f"{source} does not fit this architecture: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}. Do the weights match model.arch?")
+        raise ValueError(f"{source} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+                         "Do the weights match model.arch?")
 
 
-def freeze_backbone(model: nn.Module) -> None:
+def freeze_backbone(model: nn.Module, arch: str) -> None:
     """Train only the head: the rest keeps its weights and its BatchNorm statistics."""
+    head = head_prefix(arch)
     for name, parameter in model.named_parameters():
-        parameter.requires_grad = name.startswith("fc.")
+        parameter.requires_grad = name.startswith(head)
 
 
 def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
@@ -39,10 +54,10 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **meta) -> None:
-    """The unwrapped model's state_dict plus plain metadata: loadable with weights_only=True."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, **meta}, path)
+    """The unwrapped model's state_dict plus plain metadata: loadable with weights_only=True. Written
+    atomically: a kill or a full disk leaves the old file or none, never half of one."""
+    state = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()}
+    write_serialized(path, lambda buffer: torch.save({"state_dict": state, **meta}, buffer))
 
 
 def load_checkpoint(path: str | Path, made_by: str) -> dict:

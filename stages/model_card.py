@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 from stages import tracking
+from stages.exported import EXPORT_FILES
 from stages.imagefolder import sha256_file
 from stages.params import Params
-from stages.runtimes import ONNX_FILE, PROGRAM_FILE
 
 
 def dvc_hashes(params: Params, root: Path | None = None) -> dict:
@@ -24,11 +24,19 @@ def dvc_hashes(params: Params, root: Path | None = None) -> dict:
             "model": lock.get("train", {}).get(params.train.out, "")}
 
 
-def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, git: dict, out: Path) -> dict:
+def environments(params: Params, export_environment: dict) -> dict:
+    """The machine fingerprint of each stage that computed something, as its stage recorded it."""
+    folder = Path(params.runtime.fingerprints)
+    found = {stage: json.loads((folder / f"{stage}.json").read_text()) for stage in ("pretrain", "train", "evaluate")}
+    return found | {"export": export_environment}
+
+
+def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, git: dict, out: Path,
+               environment: dict) -> dict:
     evaluation = json.loads(Path(params.evaluate.metrics).read_text())
     return {
         "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
-                  "files": {PROGRAM_FILE: sha256_file(out / PROGRAM_FILE), ONNX_FILE: sha256_file(out / ONNX_FILE),
+                  "files": {**{name: sha256_file(out / name) for name in EXPORT_FILES},
                             params.train.out: sha256_file(params.train.out)},
                   "best_epoch": checkpoint["best_epoch"]},
         "preprocessing": checkpoint["preprocessing"],
@@ -38,9 +46,10 @@ def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict,
         "params": checkpoint["params"],
         "params_sha256": tracking.params_hash(checkpoint["params"]),
         "metrics": {k: v for k, v in evaluation.items() if k != "per_class"},
+        "environment": environments(params, environment),
         "per_class": evaluation["per_class"],
         "parity": parity,
-        "mlflow": {"tracking_uri": tracking.tracking_uri(), **registered},
+        "mlflow": {"tracking_uri": tracking.portable_uri(tracking.tracking_uri()), **registered},
     }
 
 
@@ -48,15 +57,21 @@ def card_markdown(card: dict) -> str:
     m, metrics = card["model"], card["metrics"]
     lines = [f"# Model card: {m['arch']} on {len(m['class_names'])} classes", "",
              f"Classes: {', '.join(m['class_names'])}", "",
-             "| test metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+             "| test metric | value | 95% interval (bootstrap over test images) |", "|---|---|---|"]
+    for key, value in metrics.items():
+        if key.endswith("_ci95"):
+            continue
+        interval = metrics.get(f"{key}_ci95")
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        bounds = f"{interval['low']:.4f} – {interval['high']:.4f}" if interval else ""
+        lines.append(f"| {key} | {shown} | {bounds} |")
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1-score']:.3f} | {r['support']:.0f} |"
               for name, r in card["per_class"].items()]
     lines += ["", "## Lineage", "",
               f"- git commit: `{card['git']['git_commit']}` (dirty: {card['git']['git_dirty']})",
-              f"- MLflow run: `{card['mlflow']['run_id']}`, registered `{card['mlflow']['name']}` "
-              f"version {card['mlflow']['version']}",
+              f"- MLflow run: `{card['mlflow']['run_id']}`, registered as `{card['mlflow']['name']}` (the "
+              "version carries this card's SHA-256 as its `model_card_sha256` tag)",
               f"- starting weights: {card['weights_provenance']['source']}: {card['weights_provenance']['origin']}",
               f"- params sha256: `{card['params_sha256']}`"]
     lines += [f"- dvc md5 of {name}: `{value}`" for name, value in card["dvc"].items()]
@@ -67,6 +82,12 @@ def card_markdown(card: dict) -> str:
               for name, p in card["parity"].items()]
     lines += ["", f"ONNX opset {card['params']['export']['onnx_opset']}, input `images` float32 NCHW, dynamic batch; "
               "output `logits` (softmax for probabilities).", "",
-              "## Preprocessing", "", "```json", json.dumps(card["preprocessing"], indent=2), "```",
-              "", "Verify this card: `python -m stages.lineage models/export`", ""]
+              "## Preprocessing", "", "```json", json.dumps(card["preprocessing"], indent=2), "```", "",
+              "## Where it was computed", "",
+              "| stage | reproducible (pinned) | CPU | kernels | BLAS | threads | device | torch |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {stage} | {e['reproducible']} ({e['pinned']}) | {e['cpu']} ({e['cpu_isa']}) | {e['kernel_isa']} | "
+              f"{e['blas']} | {e['threads']} | {e['gpu'] or e['device']} | {e['torch']} |"
+              for stage, e in card["environment"].items()]
+    lines += ["", "Verify this card: `python -m stages.lineage models/export`", ""]
     return "\n".join(lines)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import yaml
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from stages.architectures import ARCHITECTURES
+
+ARCHS = tuple(ARCHITECTURES)
 
 
 def choice(*allowed: str):
@@ -27,14 +31,29 @@ class ModelParams:
 
 
 @dataclass(frozen=True)
+class RuntimeParams:
+    reproducible: bool
+    threads: int = number(0, 1024)
+    channels_last: bool
+    fingerprints: str
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    timeout: float = number(1.0, 3600.0)
+
+
+@dataclass(frozen=True)
 class PrepareParams:
     data: str
+    test_data: str
     out: str
     metrics: str
     image_size: int = number(8, 4096)
     val_fraction: float = number(0.0, 0.5)
     test_fraction: float = number(0.0, 0.5)
-    seed: int
+    seed: int = number(0, None)
+
     min_size: int = number(1, None)
     min_per_class: int = number(3, None)
     small_classes: str = choice("fail", "drop")
@@ -43,11 +62,17 @@ class PrepareParams:
     follow_symlinks: bool
     workers: int = number(0, 256)
 
+    @property
+    def fixed_test_set(self) -> bool:
+        """A separate test folder (`test_data` is not `data`): the test split is that folder, untouched."""
+        return Path(self.test_data).resolve() != Path(self.data).resolve()
+
 
 @dataclass(frozen=True)
 class PretrainParams:
     source: str = choice("imagenet", "file", "dataset", "none")
     file: str | None
+    sha256: str | None
     download: bool
     data: str
     out: str
@@ -57,7 +82,7 @@ class PretrainParams:
     batch_size: int = number(1, None)
     lr: float = number(0.0, 10.0)
     weight_decay: float = number(0.0, None)
-    seed: int
+    seed: int = number(0, None)
 
 
 @dataclass(frozen=True)
@@ -83,8 +108,7 @@ class TrainParams:
     monitor: str = choice("val_accuracy", "val_loss")
     patience: int = number(1, None)
     num_workers: int = number(0, 64)
-    seed: int
-    deterministic: bool
+    seed: int = number(0, None)
 
 
 @dataclass(frozen=True)
@@ -92,6 +116,8 @@ class EvaluateParams:
     metrics: str
     plots: str
     batch_size: int = number(1, None)
+    bootstrap: int = number(100, 100_000)
+    seed: int = number(0, None)
 
 
 @dataclass(frozen=True)
@@ -106,6 +132,8 @@ class ExportParams:
 @dataclass(frozen=True)
 class Params:
     model: ModelParams
+    runtime: RuntimeParams
+    tracking: TrackingParams
     prepare: PrepareParams
     pretrain: PretrainParams
     train: TrainParams
@@ -115,11 +143,23 @@ class Params:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def outputs(self) -> dict[str, str]:
+        """{param key: path} of everything a stage writes (DVC outs, metrics, plots)."""
+        p, fingerprints = self, self.runtime.fingerprints
+        return {"runtime.fingerprints": fingerprints, "prepare.out": p.prepare.out,
+                "prepare.metrics": p.prepare.metrics, "pretrain.out": p.pretrain.out,
+                "pretrain.metrics": p.pretrain.metrics, "train.out": p.train.out, "train.run": p.train.run,
+                "train.plots": p.train.plots, "train.metrics": p.train.metrics, "evaluate.metrics": p.evaluate.metrics,
+                "evaluate.plots": p.evaluate.plots, "export.out": p.export.out}
+
     def output_paths(self) -> tuple[str, ...]:
-        """Every path a stage writes (DVC outs, metrics, plots)."""
-        p = self
-        return (p.prepare.out, p.prepare.metrics, p.pretrain.out, p.pretrain.metrics, p.train.out, p.train.run,
-                p.train.plots, p.train.metrics, p.evaluate.metrics, p.evaluate.plots, p.export.out)
+        return tuple(self.outputs().values())
+
+    def inputs(self) -> dict[str, str]:
+        """{param key: path} of the user's data and weights, which no stage may write."""
+        found = {"prepare.data": self.prepare.data, "prepare.test_data": self.prepare.test_data,
+                 "pretrain.data": self.pretrain.data, "pretrain.file": self.pretrain.file}
+        return {key: path for key, path in found.items() if path}
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
@@ -127,7 +167,15 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root, where params.yaml lives")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ValueError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}; fix the "
+                         "syntax (indentation, a missing ':' or an unclosed quote)") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
     return parse_params(raw, str(path))
@@ -135,7 +183,62 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
 
 def parse_params(raw: dict, source: str) -> Params:
     """Validate a params mapping (as read from params.yaml or a model card); `source` names it in errors."""
-    return _build(Params, raw, source, "")
+    params = _build(Params, raw, source, "")
+    _check_together(params, source)
+    return params
+
+
+# What an output path must never be, hold, or sit inside: stages delete their outputs before writing them.
+PROTECTED = {".git": "the git repository", ".dvc": "DVC's folder and cache", "stages": "the pipeline's code",
+             "tests": "the tests", "dvc.yaml": "the pipeline definition", "dvc.lock": "DVC's record",
+             "params.yaml": "the params", "pyproject.toml": "the project file", "mlflow.db": "the MLflow store",
+             "mlartifacts": "the MLflow artifacts"}
+
+
+def _overlap(a: str, b: str) -> bool:
+    a_path, b_path = Path(a).resolve(), Path(b).resolve()
+    return a_path == b_path or a_path.is_relative_to(b_path) or b_path.is_relative_to(a_path)
+
+
+def _check_outputs(p: Params, source: str) -> None:
+    """Refuse, before any stage deletes anything, an output that is, holds or lies inside an input, the code,
+    .git, .dvc, the MLflow store or another output."""
+    outputs = p.outputs()
+    guarded = {key: (path, f"the input {key}") for key, path in p.inputs().items()}
+    guarded |= {name: (name, what) for name, what in PROTECTED.items()}
+    for key, out in outputs.items():
+        for path, what in guarded.values():
+            if _overlap(out, path):
+                raise ValueError(f"{source}: {key} = {out!r} overlaps {what} ({path}): stages delete and rewrite "
+                                 "their outputs, so it would be lost. Choose an output path of its own")
+    keys = list(outputs)
+    for i, first in enumerate(keys):
+        for second in keys[i + 1:]:
+            if _overlap(outputs[first], outputs[second]):
+                raise ValueError(f"{source}: {first} = {outputs[first]!r} and {second} = {outputs[second]!r} "
+                                 "overlap; each stage output needs a path of its own")
+
+
+def _check_together(p: Params, source: str) -> None:
+    """Rules that tie two keys together, or check a value's form."""
+    _check_outputs(p, source)
+    if p.pretrain.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", p.pretrain.sha256):
+        raise ValueError(f"{source}: pretrain.sha256 = {p.pretrain.sha256!r} must be the 64 hex digits of the weights "
+                         "file's SHA-256 (`sha256sum <file>`), or null")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", p.export.registered_model):
+        raise ValueError(f"{source}: export.registered_model = {p.export.registered_model!r}: use letters, digits, "
+                         "'.', '_' and '-' (starting with a letter or digit), at most 128 characters")
+    if p.runtime.reproducible and p.runtime.threads == 0:
+        raise ValueError(f"{source}: runtime.threads = 0 (one per core) cannot be reproduced on another machine; "
+                         "set a fixed count (e.g. 2) or runtime.reproducible: false")
+    fixed, fraction = p.prepare.fixed_test_set, p.prepare.test_fraction
+    if fixed and fraction != 0:
+        raise ValueError(f"{source}: prepare.test_data = {p.prepare.test_data!r} is the test split, so "
+                         f"prepare.test_fraction = {fraction} must be 0 (or set test_data to prepare.data's folder "
+                         "to draw the test split from it)")
+    if not fixed and fraction == 0:
+        raise ValueError(f"{source}: prepare.test_data is prepare.data's folder, so the test split is drawn from it: "
+                         "set prepare.test_fraction above 0 (e.g. 0.2), or point test_data at a separate test set")
 
 
 def _build(cls, raw, source: str, prefix: str):
@@ -167,6 +270,10 @@ def _check(key: str, kind, value, meta, source: str):
     if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
         names = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
         raise ValueError(f"{source}: {key} = {value!r} must be {names}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{source}: {key} = {value!r} must be a finite number")
+    if isinstance(value, str) and not value.strip():
+        raise ValueError(f"{source}: {key} is empty; give it a value (or null where that is allowed)")
     if "choices" in meta and value not in meta["choices"]:
         raise ValueError(f"{source}: {key} = {value!r} is not allowed; choose one of {', '.join(meta['choices'])}")
     if "range" in meta:

@@ -17,9 +17,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stages.data import eval_transform
+from stages.exported import RUNTIMES, load_runtime, verify_export
 from stages.imagefolder import BadImage, decode_image
 from stages.outputs import write_csv
-from stages.runtimes import RUNTIMES, load_runtime
 
 log = logging.getLogger("predict")
 FIELDS = ["path", "label", "probability", "top_k", "error"]
@@ -76,7 +76,9 @@ def resolve_model(source: str) -> Path:
 
 def predict(export_dir: Path, paths: list[Path], runtime: str, device: str, batch_size: int, top_k: int,
             workers: int = 0) -> list[dict]:
-    """One row per file: predicted label, probability and top-k, or the reason it could not be read."""
+    """One row per file: predicted label, probability and top-k, or the reason it could not be read. The
+    export's files are checked against its model card first."""
+    verify_export(export_dir)
     labels = json.loads((export_dir / "labels.json").read_text())
     spec = json.loads((export_dir / "preprocessing.json").read_text())
     logits_of = load_runtime(export_dir, runtime, device)
@@ -114,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     paths = list_images(args.inputs)
     start = time.perf_counter()
-    rows = predict(resolve_model(args.model), paths, args.runtime, device, args.batch_size, args.top_k, args.workers)
+    try:
+        rows = predict(resolve_model(args.model), paths, args.runtime, device, args.batch_size, args.top_k,
+                       args.workers)
+    except (OSError, ValueError, RuntimeError) as error:
+        log.error("%s: %s", type(error).__name__, error)
+        return 1
     write_csv(args.out, FIELDS, rows)
     failed = sum(1 for r in rows if r["error"])
     log.info("%d files -> %s: %d predicted, %d unreadable (see the error column); %.1f images/s with %s on %s",

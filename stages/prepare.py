@@ -15,83 +15,140 @@ from stages.cli import stage_main
 from stages.imagefolder import BadImage, Candidate, decode_image, resize_short_side, scan
 from stages.outputs import write_csv, write_json
 from stages.params import Params, PrepareParams
-from stages.splits import SPLITS, assign_splits, check_class_sizes, deduplicate
+from stages.splits import (
+    SPLITS,
+    assign_splits,
+    check_class_sizes,
+    check_test_classes,
+    deduplicate,
+    drop_test_overlap,
+)
 
 log = logging.getLogger("prepare")
-MANIFEST_FIELDS = ["source", "class", "split", "sha256", "file", "width", "height"]
-EXCLUDED_FIELDS = ["source", "class", "kind", "reason", "sha256"]
+MANIFEST_FIELDS = ["origin", "source", "class", "split", "sha256", "pixels_sha256", "file", "width", "height"]
+EXCLUDED_FIELDS = ["origin", "source", "class", "kind", "reason", "sha256"]
 
 
 def run(params: Params) -> dict:
-    """Scan, decode, deduplicate and split `prepare.data`; returns the counts written to metrics."""
+    """Scan, decode, deduplicate and split `prepare.data` (the test split is `prepare.test_data` when that is
+    a separate folder); returns the counts written to metrics."""
     cfg, start = params.prepare, time.perf_counter()
-    root, out = check_paths(cfg)
-    candidates, skipped, classes = scan(root, cfg.follow_symlinks)
-    excluded = [vars(e) for e in skipped]
+    folders, out = check_paths(cfg)
+    candidates, skipped, classes = scan_all(folders, cfg.follow_symlinks)
     staging = out / ".staging"
     staging.mkdir(parents=True)
-    decoded, bad = decode_all(candidates, staging, cfg)
-    if bad and cfg.on_bad_file == "fail":
-        write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(sorted(excluded + bad, key=lambda e: e["source"])))
-        listing = "\n  ".join(f"{b['source']}: {b['reason']}" for b in bad)
-        raise ValueError(f"{len(bad)} unusable image(s) in {root} (prepare.on_bad_file: fail), listed in "
-                         f"{out / 'excluded.csv'}:\n  {listing}\n"
-                         "Fix or remove them, or set prepare.on_bad_file: skip to report and leave them out")
-    kept, duplicates = deduplicate(decoded, cfg.on_conflict)
-    kept, small, dropped_classes = check_class_sizes(kept, classes, cfg.min_per_class, cfg.small_classes)
-    for item, split in zip(kept, assign_splits(kept, cfg.val_fraction, cfg.test_fraction, cfg.seed)):
-        item["split"] = split
-        item["file"] = place(item, staging, out)
-    shutil.rmtree(staging)
-    excluded = sorted(excluded + bad + duplicates + small, key=lambda e: e["source"])
-    write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=lambda i: i["source"])))
+    try:
+        decoded, bad = decode_all(candidates, staging, cfg)
+        if bad and cfg.on_bad_file == "fail":
+            write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(sorted(skipped + bad, key=order)))
+            listing = "\n  ".join(f"{b['origin']} {b['source']}: {b['reason']}" for b in bad)
+            raise ValueError(f"{len(bad)} unusable image(s) (prepare.on_bad_file: fail), listed in "
+                             f"{out / 'excluded.csv'}:\n  {listing}\n"
+                             "Fix or remove them, or set prepare.on_bad_file: skip to report and leave them out")
+        kept, left_out, dropped_classes = select(decoded, classes, cfg)
+        for item in kept:
+            item["file"] = place(item, staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # never leave decoded copies behind (a full disk stays full)
+    excluded = sorted(skipped + bad + left_out, key=order)
+    write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=order)))
     write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(excluded))
     metrics = summarize(kept, excluded, len(candidates) + len(skipped))
     metrics["dropped_classes"] = dropped_classes
     write_json(cfg.metrics, metrics)
-    log.info("prepared %d images (%d excluded) from %s in %.1f s", metrics["included"],
-             metrics["excluded"], root, time.perf_counter() - start)
+    log.info("prepared %d images (%d excluded) from %s in %.1f s", metrics["included"], metrics["excluded"],
+             " and ".join(str(f) for f in folders.values()), time.perf_counter() - start)
     return metrics
 
 
-def check_paths(cfg: PrepareParams) -> tuple[Path, Path]:
-    """Fail before any work on a missing/empty input, and never let the output touch the input."""
-    root, out = Path(cfg.data).absolute(), Path(cfg.out).absolute()
-    if not root.exists():
-        raise FileNotFoundError(f"prepare.data={cfg.data} does not exist; point it at a folder with one "
-                                "sub-folder of images per class")
-    if not root.is_dir():
-        raise NotADirectoryError(f"prepare.data={cfg.data} is a file; it must be a folder with one "
-                                 "sub-folder of images per class")
-    if not any(root.iterdir()):
-        raise ValueError(f"prepare.data={cfg.data} is empty; put one sub-folder of images per class in it")
-    real_root, real_out = root.resolve(), out.resolve()
-    if real_out.is_relative_to(real_root) or real_root.is_relative_to(real_out):
-        raise ValueError(f"prepare.out={cfg.out} and prepare.data={cfg.data} overlap; the input folder is "
-                         "never written to, so choose an output folder outside it")
+def select(decoded: list[dict], classes: dict[str, list[str]], cfg: PrepareParams
+           ) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """One copy per image, nothing of the fixed test set in train/val, classes big enough, seeded splits:
+    (kept items with their split, excluded items with reasons, dropped classes)."""
+    kept, duplicates = deduplicate([i for i in decoded if i["origin"] == "data"], cfg.on_conflict)
+    test_kept, test_duplicates = deduplicate([i for i in decoded if i["origin"] == "test_data"], cfg.on_conflict)
+    kept, overlap = drop_test_overlap(kept, test_kept, cfg.on_conflict)
+    kept, small, dropped_classes = check_class_sizes(kept, classes["data"], cfg.min_per_class, cfg.small_classes)
+    if cfg.fixed_test_set:
+        check_test_classes(test_kept, {i["label"] for i in kept}, cfg.test_data)
+    for item, split in zip(kept, assign_splits(kept, cfg.val_fraction, cfg.test_fraction, cfg.seed)):
+        item["split"] = split
+    return kept + [dict(item, split="test") for item in test_kept], duplicates + test_duplicates + overlap + small, \
+        dropped_classes
+
+
+def order(item: dict) -> tuple[str, str]:
+    return item["origin"], item["source"]
+
+
+def check_paths(cfg: PrepareParams) -> tuple[dict[str, Path], Path]:
+    """Fail before any work on a missing/empty input, and never let the output touch an input.
+    Returns ({origin: input folder}, output folder)."""
+    folders = {"data": check_input(cfg.data, "prepare.data")}
+    if cfg.fixed_test_set:
+        folders["test_data"] = check_input(cfg.test_data, "prepare.test_data")
+        if overlaps(folders["data"], folders["test_data"]):
+            raise ValueError(f"prepare.test_data={cfg.test_data} and prepare.data={cfg.data} overlap; the fixed "
+                             "test set must be a folder of its own")
+    out = Path(cfg.out).absolute()
+    for origin, folder in folders.items():
+        if overlaps(out, folder):
+            raise ValueError(f"prepare.out={cfg.out} and prepare.{origin}={getattr(cfg, origin)} overlap; input "
+                             "folders are never written to, so choose an output folder outside them")
     if out.exists():
         shutil.rmtree(out)  # our own output; DVC removes it too before running the stage
-    return root, out
+    return folders, out
 
 
-def decode_all(candidates: list[Candidate], staging: Path, cfg: PrepareParams) -> tuple[list[dict], list[dict]]:
+def check_input(path: str, key: str) -> Path:
+    root = Path(path).absolute()
+    if not root.exists():
+        raise FileNotFoundError(f"{key}={path} does not exist; point it at a folder with one sub-folder of "
+                                "images per class")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{key}={path} is a file; it must be a folder with one sub-folder of images "
+                                 "per class")
+    if not any(root.iterdir()):
+        raise ValueError(f"{key}={path} is empty; put one sub-folder of images per class in it")
+    return root
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a.is_relative_to(b) or b.is_relative_to(a)
+
+
+def scan_all(folders: dict[str, Path], follow_symlinks: bool
+             ) -> tuple[list[tuple[str, Candidate]], list[dict], dict[str, list[str]]]:
+    """Scan each input folder: ([(origin, candidate)], [excluded rows], {origin: class folder names})."""
+    candidates, skipped, classes = [], [], {}
+    for origin, folder in folders.items():
+        found, left_out, classes[origin] = scan(folder, follow_symlinks)
+        candidates += [(origin, c) for c in found]
+        skipped += [{"origin": origin, **vars(e)} for e in left_out]
+    return candidates, skipped, classes
+
+
+def decode_all(candidates: list[tuple[str, Candidate]], staging: Path, cfg: PrepareParams
+               ) -> tuple[list[dict], list[dict]]:
     """Hash, decode and resize every candidate in parallel; (usable items, bad files with reasons)."""
     workers = cfg.workers or os.cpu_count() or 1
-    jobs = [(c.path, staging, cfg.image_size, cfg.min_size) for c in candidates]
+    jobs = [(c.path, staging, cfg.image_size, cfg.min_size) for _, c in candidates]
     if workers == 1 or len(jobs) < 64:
         results = [decode_one(*job) for job in jobs]
     else:
         with ProcessPoolExecutor(workers) as pool:
             results = list(pool.map(decode_one, *zip(*jobs), chunksize=32))
     usable, bad = [], []
-    for candidate, result in zip(candidates, results):
-        item = {"source": candidate.source, "label": candidate.label, **result}
+    for (origin, candidate), result in zip(candidates, results):
+        item = {"origin": origin, "source": candidate.source, "label": candidate.label, **result}
         (bad if "reason" in result else usable).append(item)
     return usable, bad
 
 
 def decode_one(path: Path, staging: Path, image_size: int, min_size: int) -> dict:
-    """One input file -> staged upright RGB PNG named by content hash, or the reason it is unusable."""
+    """One input file -> staged upright RGB PNG named by its file hash, with the hash of its decoded pixels
+    (what deduplication compares), or the reason it is unusable."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -101,12 +158,18 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int) -> dic
         image = decode_image(data, min_size)
     except BadImage as error:
         return {"kind": error.kind, "reason": str(error), "sha256": sha}
+    pixels = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
     staged = staging / f"{sha}.png"
     if not staged.exists():
         temporary = staging / f"{sha}.{os.getpid()}.tmp"
-        resize_short_side(image, image_size).save(temporary, format="PNG")
-        os.replace(temporary, staged)
-    return {"sha256": sha, "width": image.size[0], "height": image.size[1]}
+        try:
+            resize_short_side(image, image_size).save(temporary, format="PNG")
+            os.replace(temporary, staged)
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            raise OSError(error.errno, f"cannot write {staged} (decoded from {path}): {error.strerror or error}. "
+                                       "Free space on the disk of prepare.out, then run the stage again") from None
+    return {"sha256": sha, "pixels_sha256": pixels, "width": image.size[0], "height": image.size[1]}
 
 
 def place(item: dict, staging: Path, out: Path) -> str:
@@ -132,7 +195,7 @@ def with_class(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    stage_main(run)
+    stage_main(run, uses_torch=False)
 
 
 if __name__ == "__main__":

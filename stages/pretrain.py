@@ -7,13 +7,14 @@ import time
 
 from torch import nn
 
+from stages import runtime
 from stages.cli import stage_main
 from stages.data import image_folder, make_loader, train_transform
 from stages.imagefolder import sha256_file
 from stages.model import build_model, save_checkpoint
 from stages.outputs import write_json
 from stages.params import Params
-from stages.training import make_optimizer, make_scheduler, resolve_device, seed_everything, train_one_epoch
+from stages.training import Recipe, fit, seed_everything
 from stages.weights import load_file, load_imagenet
 
 log = logging.getLogger("pretrain")
@@ -22,18 +23,16 @@ log = logging.getLogger("pretrain")
 def run(params: Params) -> dict:
     """Resolve or train the starting weights, save them with their provenance; returns metrics."""
     cfg, arch, start = params.pretrain, params.model.arch, time.perf_counter()
+    device = runtime.resolve_device(params.train.device)
+    runtime.write_fingerprint(params.runtime.fingerprints, "pretrain", device, params.runtime.reproducible)
     seed_everything(cfg.seed)
     metrics: dict = {}
     if cfg.source == "imagenet":
-        state_dict, provenance = load_imagenet(arch, cfg.download)
-        model = build_model(arch, state_dict["fc.weight"].shape[0])
-        model.load_state_dict(state_dict)
+        model, provenance = load_imagenet(arch, cfg.download, cfg.sha256)
     elif cfg.source == "file":
-        state_dict, provenance = load_file(cfg.file)
-        model = build_model(arch, state_dict["fc.weight"].shape[0] if "fc.weight" in state_dict else 1000)
-        model.load_state_dict(state_dict)
+        model, provenance = load_file(cfg.file, arch, cfg.sha256)
     elif cfg.source == "dataset":
-        model, metrics, provenance = pretrain_on_dataset(params)
+        model, metrics, provenance = pretrain_on_dataset(params, device)
     else:
         model = build_model(arch, 1000)
         provenance = {"source": "none", "origin": f"random init, torch.manual_seed({cfg.seed})"}
@@ -44,21 +43,19 @@ def run(params: Params) -> dict:
     return {**metrics, "provenance": provenance}
 
 
-def pretrain_on_dataset(params: Params) -> tuple[nn.Module, dict, dict]:
-    """Train `model.arch` from scratch on the source ImageFolder `pretrain.data`."""
+def pretrain_on_dataset(params: Params, device) -> tuple[nn.Module, dict, dict]:
+    """Train `model.arch` from scratch on the source ImageFolder `pretrain.data` (the last epoch is kept)."""
     cfg = params.pretrain
-    device = resolve_device(params.train.device)
     dataset = image_folder(cfg.data, train_transform(cfg.image_size, params.train.crop_scale_min, True))
     loader = make_loader(dataset, cfg.batch_size, shuffle=True, num_workers=params.train.num_workers,
                          seed=cfg.seed)
-    model = build_model(params.model.arch, len(dataset.classes)).to(device)
-    optimizer = make_optimizer(model, "adamw", cfg.lr, cfg.weight_decay, 0.0)
-    scheduler = make_scheduler(optimizer, len(loader), cfg.epochs * len(loader))
-    loss_fn = nn.CrossEntropyLoss()
-    for epoch in range(1, cfg.epochs + 1):
-        result = train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, epoch=epoch)
-        log.info("pretrain epoch %d: loss %.4f accuracy %.3f", epoch, result["loss"], result["accuracy"])
-    metrics = {"train_loss": result["loss"], "train_accuracy": result["accuracy"],
+    layout = runtime.memory_format(params.runtime.channels_last)
+    model = build_model(params.model.arch, len(dataset.classes)).to(device, memory_format=layout)
+    recipe = Recipe(optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.0, warmup_epochs=1,
+                    epochs=cfg.epochs, label_smoothing=0.0, monitor=None, patience=cfg.epochs,
+                    frozen_backbone=False)
+    history, _ = fit(model, loader, None, recipe, device, memory_format=layout)
+    metrics = {"train_loss": history[-1]["train_loss"], "train_accuracy": history[-1]["train_accuracy"],
                "images": len(dataset), "classes": len(dataset.classes)}
     provenance = {"source": "dataset", "origin": f"pretrained from scratch on {cfg.data}",
                   "classes": list(dataset.classes), "images": len(dataset), "epochs": cfg.epochs}

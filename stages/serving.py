@@ -1,4 +1,9 @@
-"""The exported model as an MLflow pyfunc: image bytes or paths in, class names and probabilities out."""
+"""The exported model as an MLflow pyfunc: encoded image bytes in, class names and probabilities out.
+
+Whatever reaches a served model is untrusted. Only bytes are images (JSON carries them as base64); a string is
+never opened as a path; each image and each request is bounded; a bad request is refused in one line without
+a stack trace; and the model files are checked against the model card's SHA-256 before they are loaded.
+Inference runs on ONNX Runtime, so no pickle is ever loaded to serve."""
 
 from __future__ import annotations
 
@@ -8,27 +13,62 @@ from pathlib import Path
 import mlflow.pyfunc
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from stages.data import eval_transform
-from stages.imagefolder import decode_image
-from stages.runtimes import load_runtime
+from stages.exported import load_runtime, verify_export
+from stages.imagefolder import BadImage, decode_image
+
+MAX_IMAGES = 256               # rows per request
+MAX_IMAGE_BYTES = 10 * 2**20   # encoded size of one image
+MAX_PIXELS = 40_000_000        # decoded size of one image, read from its header before decoding
+
+
+class BadRequest(MlflowException):
+    """A request the model refuses: one line, no stack trace (MLflow answers 400)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+
+
+def image_from_request(value, row: int):
+    """One `image` cell -> RGB picture; anything but bounded, decodable image bytes is refused."""
+    if isinstance(value, bytearray | memoryview):
+        value = bytes(value)
+    if not isinstance(value, bytes):
+        raise BadRequest(f"row {row}: `image` must be encoded image bytes (base64 in JSON), got "
+                         f"{type(value).__name__}; file paths are not accepted")
+    if len(value) > MAX_IMAGE_BYTES:
+        raise BadRequest(f"row {row}: image is {len(value):,} bytes, over the {MAX_IMAGE_BYTES:,}-byte limit")
+    try:
+        return decode_image(value, max_pixels=MAX_PIXELS)
+    except BadImage as error:
+        raise BadRequest(f"row {row}: {error}") from None
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
-    """Wraps models/export/ (model.pt2 + labels.json + preprocessing.json) with its preprocessing."""
+    """Wraps models/export/ (model.onnx + labels.json + preprocessing.json, checked against model_card.json)."""
 
     def load_context(self, context) -> None:
         self.load(Path(context.artifacts["export_dir"]))
 
     def load(self, folder: Path) -> None:
+        verify_export(folder)
         self.folder = folder
-        self.logits = load_runtime(folder, "torch")
+        self.logits = load_runtime(folder, "onnx")
         self.labels = json.loads((folder / "labels.json").read_text())
         self.transform = eval_transform(json.loads((folder / "preprocessing.json").read_text()))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        """`image` column of encoded bytes or file paths -> label, probability and one column per class."""
-        images = [decode_image(v if isinstance(v, bytes) else Path(v).read_bytes()) for v in model_input["image"]]
+        """`image` column of encoded image bytes -> label, probability and one column per class."""
+        if not isinstance(model_input, pd.DataFrame) or "image" not in model_input.columns:
+            raise BadRequest("send a table with one column `image` of encoded image bytes (base64 in JSON)")
+        if len(model_input) > MAX_IMAGES:
+            raise BadRequest(f"{len(model_input)} images in one request; send at most {MAX_IMAGES}")
+        images = [image_from_request(value, row) for row, value in enumerate(model_input["image"])]
+        if not images:
+            raise BadRequest("no images in the request")
         batch = torch.stack([self.transform(image) for image in images])
         probabilities = torch.softmax(torch.from_numpy(self.logits(batch.numpy())), dim=1)
         best = probabilities.argmax(1)

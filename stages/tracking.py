@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
-import subprocess
+import socket
 import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
 import mlflow
 import yaml
 from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-# Changes that do not make a tree "dirty": the pipeline's own outputs, dvc.lock and the .gitignore files
-# DVC writes for them, and params.yaml, whose every value is logged to MLflow and hashed (so
-# `dvc exp run -S ...` experiments stay traceable).
-NOT_DIRTY = ("dvc.lock", "params.yaml")
+log = logging.getLogger("tracking")
+
 LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "mlflow", "dvc")
 
 
@@ -37,28 +41,167 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
 
 
-def connect() -> MlflowClient:
+def portable_uri(uri: str, root: Path | None = None) -> str:
+    """The URI to record in files that travel with the repo: a store inside the repository is written
+    relative to it (`sqlite:///mlflow.db`), so a copy of the repo checks its own store."""
+    root = (root or repo_root()).resolve()
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if path.is_absolute() and path.resolve().is_relative_to(root):
+            return f"sqlite:///{path.resolve().relative_to(root).as_posix()}"
+    return uri
+
+
+def resolve_uri(recorded: str, root: Path) -> str:
+    """A recorded URI made usable from `root` (the inverse of `portable_uri`)."""
+    if recorded.startswith("sqlite:///") and not Path(recorded[len("sqlite:///"):]).is_absolute():
+        return f"sqlite:///{(root / recorded[len('sqlite:///'):]).resolve()}"
+    return recorded
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def store_lock(uri: str):
+    """Serialise first use of a local sqlite store: two pipelines creating or migrating it at once corrupt
+    it. Remote servers handle their own concurrency."""
+    path = sqlite_path(uri)
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def probe_server(uri: str, timeout_s: float) -> None:
+    """Fail within `timeout_s` when an HTTP tracking server does not answer (MLflow's own client would retry
+    for minutes before saying so)."""
+    start = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as answer:
+            answer.read(64)
+    except (OSError, urllib.error.URLError) as error:
+        raise RuntimeError(f"MLflow tracking server {uri} does not answer ({error}; gave up after "
+                           f"{time.monotonic() - start:.0f} s, tracking.timeout={timeout_s:g}). Start the server, fix "
+                           "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store") from error
+
+
+def connect(timeout_s: float = 15) -> MlflowClient:
     """Point MLflow at the store and prove it answers, before any expensive work."""
     uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        probe_server(uri, timeout_s)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    try:
-        client.search_experiments(max_results=1)
-    except Exception as error:  # any failure here means the store is unusable; say which store
-        raise RuntimeError(f"MLflow tracking store {uri} cannot be reached ({type(error).__name__}: {error}). "
-                           "Fix MLFLOW_TRACKING_URI or unset it to use the local sqlite store") from error
+    with store_lock(uri):
+        try:
+            client = MlflowClient(uri)
+            client.search_experiments(max_results=1)
+        except Exception as error:  # any failure here means the store is unusable; say which store and why
+            hint = (f"if {sqlite_path(uri)} is damaged, move it away (a new store is created) or restore it"
+                    if sqlite_path(uri) else "fix MLFLOW_TRACKING_URI or unset it to use the local sqlite store")
+            raise RuntimeError(f"MLflow tracking store {uri} cannot be used ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:300]}); {hint}") from error
     return client
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
-    """Get or create experiment `name`; local stores keep artifacts beside the db, not in a temp copy."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment:
-        return experiment.experiment_id
-    location = None
-    if tracking_uri() == default_uri():  # (mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI)
-        location = (repo_root() / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    """Get or create experiment `name` (safe when two pipelines race to create it); local stores keep
+    artifacts beside the db, not in a temp copy."""
+    uri = tracking_uri()
+    location = (repo_root() / "mlartifacts").as_uri() if uri == default_uri() else None
+    with store_lock(uri):
+        for _ in range(3):
+            experiment = client.get_experiment_by_name(name)
+            if experiment and experiment.lifecycle_stage == "deleted":
+                raise ValueError(f"MLflow experiment '{name}' (train.experiment) is deleted in {uri}; restore it "
+                                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or "
+                                 "choose another name")
+            if experiment:
+                return experiment.experiment_id
+            try:
+                return client.create_experiment(name, artifact_location=location)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                time.sleep(0.2)  # another process created it between our get and create: get it again
+    raise RuntimeError(f"could not get or create MLflow experiment '{name}' in {uri}")
+
+
+# ---- one MLflow run per model: its lifecycle and who may change its status ----
+
+def run_name(params_sha: str) -> str:
+    """Unique and meaningful: the DVC experiment (or `repro`), the params hash, and when."""
+    return f"{os.environ.get('DVC_EXP_NAME') or 'repro'}-{params_sha[:8]}-{time.strftime('%Y%m%dT%H%M%S')}"
+
+
+@contextmanager
+def run_status(client: MlflowClient, run_id: str):
+    """The train stage's run ends FINISHED, KILLED (SIGTERM or Ctrl-C) or FAILED; a SIGKILL leaves it RUNNING
+    until `mark_if_orphaned` finds its process gone."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def process_tags() -> dict:
+    return {"process.host": socket.gethostname(), "process.pid": str(os.getpid())}
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_if_orphaned(client: MlflowClient, run, found_by: str) -> bool:
+    """A RUNNING run whose process (on this host) is gone was killed: say so and mark it KILLED."""
+    tags = run.data.tags
+    if run.info.status != "RUNNING" or tags.get("process.host") != socket.gethostname():
+        return False
+    pid = int(tags.get("process.pid", "0") or 0)
+    if pid and process_alive(pid) and pid != os.getpid():
+        return False
+    note = f"marked KILLED by {found_by}: its process {pid} on {tags.get('process.host')} is gone"
+    client.set_tag(run.info.run_id, "status_note", note)
+    client.set_terminated(run.info.run_id, "KILLED")
+    log.warning("MLflow run %s (%s) was left RUNNING: %s", run.info.run_id, run.info.run_name, note)
+    return True
+
+
+def mark_orphaned_runs(client: MlflowClient, experiment: str, found_by: str) -> int:
+    """Sweep an experiment for runs left RUNNING by killed processes on this host."""
+    runs = client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'", max_results=200)
+    return sum(mark_if_orphaned(client, run, found_by) for run in runs)
+
+
+def reopen(client: MlflowClient, run_file: str | Path, stage: str):
+    """The run named by `train.run` (models/run.json), for a later stage to add to without changing its
+    status; a run left RUNNING by a killed train is marked KILLED first."""
+    run_id = json.loads(Path(run_file).read_text())["run_id"]
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise RuntimeError(f"MLflow run {run_id} named by {run_file} is not in {tracking_uri()} "
+                           f"({error.message[:200]}); re-run `dvc repro train`") from error
+    mark_if_orphaned(client, run, stage)
+    return client.get_run(run_id)
 
 
 def flatten(data: dict, prefix: str = "") -> dict:
@@ -78,21 +221,6 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int, values: dic
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()])
 
 
-def git_state(outputs: tuple[str, ...], root: Path | None = None) -> dict:
-    """Commit and dirty flag of the code being run (in a `--temp` experiment: its copy, not DVC_ROOT)."""
-    root = root or Path.cwd()
-    def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
-        return result.stdout if result.returncode == 0 else ""
-    commit = git("rev-parse", "HEAD").strip()
-    # porcelain lines are "XY path": the two status columns may be blank, so never strip them
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=all").splitlines()]
-    skip = NOT_DIRTY + tuple(o.rstrip("/") for o in outputs)
-    dirty = [p for p in changed if not p.strip('"').rstrip("/").startswith(skip) and not p.endswith(".gitignore")]
-    return {"git_commit": commit or "unknown (not a git repository)", "git_dirty": bool(dirty) or not commit,
-            "git_dirty_paths": dirty[:20]}
-
-
 def dvc_lock_hashes(root: Path | None = None) -> dict:
     """{stage: {path: md5}} for every dep and out in this copy's dvc.lock (empty before the first run)."""
     lock = (root or Path.cwd()) / "dvc.lock"
@@ -109,8 +237,7 @@ def params_hash(params: dict) -> str:
 
 
 def environment() -> dict:
-    """Library versions, Python and machine: what a reproduction must match."""
-    import torch  # imported here: the rest of this module must not need torch
+    """Library versions, Python and OS (the machine and its kernels: runtime.fingerprint)."""
     versions = {}
     for name in LIBRARIES:
         try:
@@ -119,8 +246,4 @@ def environment() -> dict:
             versions[f"version.{name}"] = "not installed"
     versions["version.python"] = platform.python_version()
     versions["platform"] = platform.platform()
-    if torch.cuda.is_available():
-        versions["version.cuda"] = torch.version.cuda or ""
-        versions["version.cudnn"] = str(torch.backends.cudnn.version())
-        versions["gpu"] = torch.cuda.get_device_name()
     return versions

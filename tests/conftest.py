@@ -32,7 +32,8 @@ def make_image_folder(root: Path, counts: dict[str, int], size: int = 16, seed: 
 def tiny_params(data: str, source: str) -> dict:
     """The repo's params.yaml, shrunk to seconds of work on 16 px images."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["prepare"].update(data=data, image_size=16, min_per_class=5, val_fraction=0.2, test_fraction=0.25)
+    params["prepare"].update(data=data, test_data=data, image_size=16, min_per_class=5, val_fraction=0.2,
+                             test_fraction=0.25)
     params["pretrain"].update(data=source, image_size=16, epochs=1, batch_size=16)
     params["train"].update(crop_size=16, epochs=2, batch_size=16, num_workers=0, patience=2, warmup_epochs=0)
     params["evaluate"].update(batch_size=32)

@@ -35,7 +35,8 @@ def snapshot(root):
 
 def params_for(tmp_path, data, **changes):
     values = {"data": str(data), "out": str(tmp_path / "prepared"), "metrics": str(tmp_path / "prepare.json"),
-              "image_size": 16, "min_per_class": 4, "min_size": 8, "workers": 1, **changes}
+              "image_size": 16, "min_per_class": 4, "min_size": 8, "workers": 1, "test_data": str(data),
+              "val_fraction": 0.15, "test_fraction": 0.2, **changes}
     return load_params(ROOT / "params.yaml", overrides={"prepare": values})
 
 
@@ -134,12 +135,12 @@ def test_unusual_valid_images_become_upright_rgb(tmp_path):
         "gray.png": encoded(base.convert("L"), "PNG"),
         "deep16.png": encoded(Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)), "PNG"),
         "palette.png": encoded(palette, "PNG", transparency=0),
-        "rgba.png": encoded(base.convert("RGBA"), "PNG"),
+        "rgba.png": encoded(picture(size=(30, 20), seed=3).convert("RGBA"), "PNG"),  # lossless formats: other
         "cmyk.jpg": encoded(base.convert("CMYK"), "JPEG"),
         "progressive.jpg": encoded(base, "JPEG", progressive=True),
         "animated.gif": encoded(frames[0], "GIF", save_all=True, append_images=frames[1:]),
         "photo.webp": encoded(base, "WEBP"),
-        "scan.tiff": encoded(base, "TIFF"),
+        "scan.tiff": encoded(picture(size=(30, 20), seed=4), "TIFF"),  # pictures, or they would be duplicates
         "old.bmp": encoded(base, "BMP"),
         "rotated.jpg": encoded(rotated, "JPEG", exif=exif),
     }

@@ -9,7 +9,7 @@ from tests.conftest import ROOT
 
 
 def stage_modules(name: str, seen: set[str] | None = None) -> set[str]:
-    """`stages.<name>` and every stages.* module it imports, transitively."""
+    """`stages.<name>` and every stages.* module it imports or names as a file, transitively."""
     seen = set() if seen is None else seen
     if name in seen:
         return seen
@@ -19,6 +19,9 @@ def stage_modules(name: str, seen: set[str] | None = None) -> set[str]:
             targets = [a.name for a in node.names] if node.module == "stages" else [node.module.split(".")[1]]
             for target in targets:
                 stage_modules(target, seen)
+        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".py")
+              and (ROOT / "stages" / node.value).is_file()):
+            stage_modules(node.value[:-3], seen)  # a module MLflow runs by file name (models-from-code)
     return seen
 
 

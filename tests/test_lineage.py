@@ -68,7 +68,22 @@ def test_same_inputs_same_bytes_and_lineage_catches_swaps(pipeline_repo):
     card_path.write_text(json.dumps(card, indent=2))
     broken = lineage(repo, env)
     assert broken.returncode == 1 and "model_card_sha256 (card edited?)" in broken.stdout
+    for damaged, kind in [(b"", "empty"), (original.encode()[:200], "JSONDecodeError"), (b"\x89PNG\x00\xff", "")]:
+        card_path.write_bytes(damaged)  # empty, truncated, binary: one line each, never a traceback
+        broken = lineage(repo, env)
+        assert broken.returncode == 1 and "is not a readable model card" in broken.stdout and kind in broken.stdout
+        assert "Traceback" not in broken.stderr
     card_path.write_text(original)
+    onnx = repo / "models/export/model.onnx"
+    onnx.rename(onnx.with_suffix(".away"))
+    broken = lineage(repo, env)
+    assert broken.returncode == 1 and "model.onnx is missing" in broken.stdout
+    onnx.with_suffix(".away").rename(onnx)
+    (repo / "mlflow.db").rename(repo / "mlflow.away")
+    broken = lineage(repo, env)
+    assert broken.returncode == 1 and "mlflow.db does not exist" in broken.stdout
+    assert not (repo / "mlflow.db").exists()  # looking never creates an empty store
+    (repo / "mlflow.away").rename(repo / "mlflow.db")
     assert lineage(repo, env).returncode == 0
 
 
@@ -77,8 +92,11 @@ def test_dirty_tree_is_recorded_and_not_registered_unless_allowed(pipeline_repo)
     (repo / "scratch.py").write_text("# uncommitted code\n")
     failed = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
     assert failed.returncode != 0
-    assert "uncommitted changes in ['scratch.py']" in failed.stdout + failed.stderr
-    assert "export.allow_dirty: true" in failed.stdout + failed.stderr
+    output = failed.stdout + failed.stderr
+    assert "uncommitted changes in scratch.py" in output and "git add -A && git commit" in output
+    assert "export.allow_dirty: true" in output
+    assert "Running stage 'prepare'" in output and "Running stage 'pretrain'" not in output  # before any work
+    assert not (repo / "data/prepared").exists()
 
     set_param(repo, "export", "allow_dirty", True)
     run(["dvc", "repro"], repo, env)
@@ -89,4 +107,5 @@ def test_dirty_tree_is_recorded_and_not_registered_unless_allowed(pipeline_repo)
     assert found.data.tags["git_dirty"] == "true"
     for library in ("torch", "torchvision", "numpy", "pillow", "mlflow", "dvc"):
         assert found.data.tags[f"version.{library}"][0].isdigit()
-    assert found.data.tags["device"] == "cpu" and found.data.tags["seed"] == "42"
+    assert found.data.tags["env.device"] == "cpu" and found.data.tags["seed"] == "42"
+    assert found.data.tags["env.pinned"] == "true" and found.data.tags["env.kernel_isa"] == "DEFAULT"

@@ -53,3 +53,31 @@ def test_missing_key_and_section(tmp_path):
 def test_int_accepted_for_float_and_overrides_apply():
     params = load_params(ROOT / "params.yaml", overrides={"train": {"lr": 1}})
     assert params.train.lr == 1.0 and isinstance(params.train.lr, float)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), float("-inf")])
+def test_non_finite_numbers_are_refused(tmp_path, value):
+    with pytest.raises(ValueError, match=r"train\.weight_decay = .* must be a finite number"):
+        load_params(write(tmp_path, lambda p: p["train"].update(weight_decay=value)))
+
+
+@pytest.mark.parametrize("section, key, value, message", [
+    ("export", "out", "data/sample/target", r"export\.out = 'data/sample/target' overlaps the input prepare\.data"),
+    ("prepare", "out", "stages", r"prepare\.out = 'stages' overlaps the pipeline's code"),
+    ("prepare", "out", "data", r"prepare\.out = 'data' overlaps the input prepare\.data"),
+    ("train", "out", ".git/model.pt", r"train\.out = '\.git/model\.pt' overlaps the git repository"),
+    ("export", "out", ".dvc", r"export\.out = '\.dvc' overlaps DVC's folder"),
+    ("train", "out", "models/pretrained.pt", r"pretrain\.out = 'models/pretrained\.pt' and train\.out = "),
+    ("export", "registered_model", "", r"export\.registered_model is empty"),
+    ("train", "experiment", "  ", r"train\.experiment is empty"),
+])
+def test_outputs_that_would_delete_inputs_code_or_history_are_refused(tmp_path, section, key, value, message):
+    with pytest.raises(ValueError, match=message):
+        load_params(ROOT / "params.yaml", overrides={section: {key: value}})
+
+
+def test_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("model:\n  arch: resnet18\n train: [\n")
+    with pytest.raises(ValueError, match=r"params.yaml is not valid YAML at line 3, column 2"):
+        load_params(path)

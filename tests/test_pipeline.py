@@ -89,7 +89,7 @@ def test_temp_experiment_lands_in_the_repo_store(pipeline_repo):
     experiment = client.get_experiment_by_name("image-classifier")
     [found] = client.search_runs([experiment.experiment_id])
     assert found.data.params["train.lr"] == "0.0007"
-    assert found.data.tags["dvc.experiment"] == "lr-7e-4" and found.info.run_name == "lr-7e-4"
+    assert found.data.tags["dvc.experiment"] == "lr-7e-4" and found.info.run_name.startswith("lr-7e-4-")
     assert "test_accuracy" in found.data.metrics
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "evaluate")}
     assert "evaluate/confusion_matrix.png" in artifacts

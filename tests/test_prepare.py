@@ -9,7 +9,7 @@ from PIL import Image
 
 from stages import prepare
 from stages.params import load_params
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_image_folder
 
 
 def folder_hashes(root):
@@ -19,7 +19,8 @@ def folder_hashes(root):
 
 def params_for(tmp_path, data, **changes):
     prepare_params = {"data": str(data), "out": str(tmp_path / "prepared"), "metrics": str(tmp_path / "m.json"),
-                      "image_size": 20, "min_per_class": 5, "workers": 1, **changes}
+                      "image_size": 20, "min_per_class": 5, "workers": 1, "test_data": str(data), "val_fraction": 0.15,
+                      "test_fraction": 0.2, **changes}
     return load_params(ROOT / "params.yaml", overrides={"prepare": prepare_params})
 
 
@@ -64,10 +65,7 @@ def test_prepare_is_deterministic(tmp_path, tiny_folder):
 def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
     prepare.run(params_for(tmp_path, tiny_folder, workers=1))
     serial = (tmp_path / "prepared" / "manifest.csv").read_bytes()
-    for name in ("blue", "green", "red"):  # enough files for the process pool to be used
-        for i in range(12, 40):
-            (tiny_folder / name / f"img{i:03d}.png").write_bytes((tiny_folder / name / f"img{i % 12:03d}.png")
-                                                                 .read_bytes()[:-12] + bytes([i]) * 12)
+    make_image_folder(tiny_folder, {"red": 40, "green": 40, "blue": 40}, seed=5)  # enough for the process pool
     prepare.run(params_for(tmp_path, tiny_folder, workers=2))
     assert (tmp_path / "prepared" / "manifest.csv").read_bytes() != serial  # more files now
     parallel = (tmp_path / "prepared" / "manifest.csv").read_bytes()
@@ -91,3 +89,46 @@ def test_output_inside_input_is_refused(tmp_path, tiny_folder):
     with pytest.raises(ValueError, match="overlap"):
         prepare.run(params_for(tmp_path, tiny_folder, out=str(tiny_folder / "red" / "out")))
     assert folder_hashes(tiny_folder) == before
+
+
+def test_same_pixels_in_other_bytes_are_duplicates(tmp_path, tiny_folder):
+    """A re-saved copy (other metadata or trailing bytes) is the same image: it must not land in two splits."""
+    original = (tiny_folder / "red" / "img000.png").read_bytes()
+    (tiny_folder / "red" / "resaved.png").write_bytes(original + b"trailing bytes")
+    (tiny_folder / "green" / "relabelled.png").write_bytes(original + b"other trailing bytes")
+    metrics = prepare.run(params_for(tmp_path, tiny_folder))
+    kinds = {e["source"]: e["kind"] for e in read_csv(tmp_path / "prepared" / "excluded.csv")}
+    assert kinds == {"green/relabelled.png": "label_conflict", "red/img000.png": "label_conflict",
+                     "red/resaved.png": "label_conflict"}
+    assert metrics["included"] == 35
+
+
+def test_fixed_test_set_is_the_test_split_and_never_leaks(tmp_path, tiny_folder):
+    test_folder = make_image_folder(tmp_path / "official_test", {"red": 6, "green": 6, "blue": 6}, seed=9)
+    (tiny_folder / "red" / "leak.png").write_bytes((test_folder / "red" / "img000.png").read_bytes())
+    relabelled = (test_folder / "red" / "img001.png").read_bytes() + b"resaved"  # other bytes, same pixels
+    (tiny_folder / "blue" / "relabelled.png").write_bytes(relabelled)
+    before = folder_hashes(tiny_folder), folder_hashes(test_folder)
+    metrics = prepare.run(params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.0))
+
+    assert (folder_hashes(tiny_folder), folder_hashes(test_folder)) == before
+    rows = read_csv(tmp_path / "prepared" / "manifest.csv")
+    assert {r["source"] for r in rows if r["split"] == "test"} == {
+        f"{c}/img{i:03d}.png" for c in ("red", "green", "blue") for i in range(6)}
+    assert all(r["origin"] == "test_data" for r in rows if r["split"] == "test")
+    assert metrics["split_sizes"] == {"train": 30, "val": 6, "test": 18}
+    excluded = {e["source"]: e for e in read_csv(tmp_path / "prepared" / "excluded.csv")}
+    assert {k: e["kind"] for k, e in excluded.items()} == {"blue/relabelled.png": "in_test_data",
+                                                           "red/leak.png": "in_test_data"}
+    assert "labelled 'red' there" in excluded["blue/relabelled.png"]["reason"]
+    test_pixels = {r["pixels_sha256"] for r in rows if r["split"] == "test"}
+    assert not test_pixels & {r["pixels_sha256"] for r in rows if r["split"] != "test"}
+
+
+def test_fixed_test_set_must_match_classes_and_fractions(tmp_path, tiny_folder):
+    test_folder = make_image_folder(tmp_path / "official_test", {"red": 3, "green": 3, "purple": 3}, seed=9)
+    with pytest.raises(ValueError, match=r"prepare.test_fraction = 0.2 must be 0"):
+        params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.2)
+    with pytest.raises(ValueError, match=r"test_data=.*classes \['green', 'purple', 'red'\] but the training "
+                                         r"data has \['blue', 'green', 'red'\]"):
+        prepare.run(params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.0))

@@ -1,16 +1,18 @@
-"""Deployable exports: ONNX and torch.export parity, the predict command, and a served MLflow model."""
+"""Deployable exports and a served model that only ever reads the image a client sends: ONNX and torch.export
+parity, the predict command, tampered files refused, and real HTTP requests against the hardened server."""
 
 from __future__ import annotations
 
 import base64
 import csv
 import json
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from urllib.error import URLError
+from urllib.error import HTTPError, URLError
 
 import pytest
 
@@ -32,7 +34,9 @@ def test_export_has_both_runtimes_with_parity(trained_repo):
     for figures in card["parity"].values():
         assert figures["images"] == 9 and figures["top1_agreement"] == 1.0
         assert figures["max_abs_diff"] <= figures["atol"] == 1e-4
-    assert set(card["model"]["files"]) == {"model.pt2", "model.onnx", "models/model.pt"}
+    assert set(card["model"]["files"]) == {"model.pt2", "model.onnx", "labels.json", "preprocessing.json",
+                                           "models/model.pt"}
+    assert card["mlflow"]["tracking_uri"] == "sqlite:///mlflow.db"  # relative: a copied repo checks its own store
 
 
 def test_predict_both_runtimes_agree_and_report_unreadable_files(trained_repo, tmp_path):
@@ -63,44 +67,103 @@ def test_predict_both_runtimes_agree_and_report_unreadable_files(trained_repo, t
     assert via_registry[good[0]]["label"] == program[good[0]]["label"]
 
 
+def test_swapped_export_file_is_refused_before_loading(trained_repo, tmp_path):
+    repo, env = trained_repo
+    copy = tmp_path / "export"
+    shutil.copytree(repo / "models/export", copy)
+    (copy / "model.pt2").write_bytes((copy / "model.pt2").read_bytes() + b"payload")
+    image = next((repo / "data/prepared/test").rglob("*.png"))
+    result = subprocess.run([sys.executable, "-m", "stages.predict", str(copy), str(image), "--runtime", "torch"],
+                            cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "model.pt2 does not match its model card" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def test_served_model_answers_like_predict(trained_repo):
+def post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def frame(values: list) -> bytes:
+    return json.dumps({"dataframe_split": {"columns": ["image"], "data": [[v] for v in values]}}).encode()
+
+
+def serve(command: list[str], repo, env, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(command, cwd=repo, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"{command} exited: {server.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return server
+        except (URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    server.kill()
+    raise AssertionError(f"{command} did not answer within 180 s")
+
+
+def test_hardened_server_reads_only_the_image_sent(trained_repo):
     repo, env = trained_repo
     image = sorted((repo / "data/prepared/test").rglob("*.png"))[0]
-    expected = predict(repo, env, "models/export", str(image), "--runtime", "torch")[str(image)]
+    expected = predict(repo, env, "models/export", str(image))[str(image)]
     port = free_port()
-    serve_env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/image-classifier/1", "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], cwd=repo, env=serve_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = serve([sys.executable, "-m", "stages.serve", "models:/image-classifier/1", "--port", str(port),
+                    "--max-body-mb", "1"], repo, env, port)
     try:
-        wait_until_up(f"http://127.0.0.1:{port}/ping", server, seconds=180)
-        body = json.dumps({"dataframe_split": {"columns": ["image"],
-                                               "data": [[base64.b64encode(image.read_bytes()).decode()]]}})
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=60) as response:
-            [answer] = json.loads(response.read())["predictions"]
+        status, answer = post(port, frame([base64.b64encode(image.read_bytes()).decode()]))
+        assert status == 200 and answer["predictions"][0]["label"] == expected["label"]
+        assert abs(answer["predictions"][0]["probability"] - float(expected["probability"])) < 1e-5
+
+        refusals = {}  # a client naming server files: the same one-line refusal whether the file exists or not
+        for name, body, kind in [
+            ("existing file, JSON", frame(["/etc/hostname"]), "application/json"),
+            ("missing file, JSON", frame(["/no/such/file"]), "application/json"),
+            ("folder, JSON inputs", json.dumps({"inputs": {"image": ["/etc"]}}).encode(), "application/json"),
+            ("endless device, JSON instances", json.dumps({"instances": [{"image": "/dev/zero"}]}).encode(),
+             "application/json"),
+            ("existing file, CSV", b"image\n/etc/hostname\n", "text/csv"),
+        ]:
+            start = time.monotonic()
+            status, answer = post(port, body, kind)
+            refusals[name] = (status, answer)
+            assert status == 400, (name, answer)
+            assert time.monotonic() - start < 10, name  # /dev/zero is never read
+            assert set(answer) == {"error_code", "message"} and "Traceback" not in answer["message"], name
+            assert "/etc" not in answer["message"] and "/dev" not in answer["message"], name
+        assert refusals["existing file, JSON"] == refusals["missing file, JSON"]  # no oracle for what exists
+
+        status, answer = post(port, frame(["A" * (2 * 2**20)]))
+        assert status == 413 and "over 1,048,576 bytes" in answer["message"]
+        status, answer = post(port, frame([base64.b64encode(b"not an image").decode()]))
+        assert status == 400 and "not a readable image" in answer["message"]
     finally:
         server.terminate()
         server.wait(timeout=30)
-    assert answer["label"] == expected["label"]
-    assert abs(answer["probability"] - float(expected["probability"])) < 1e-5
 
 
-def wait_until_up(url: str, server: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow models serve exited: {server.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except (URLError, ConnectionError, TimeoutError):
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer within {seconds} s")
+def test_mlflow_models_serve_refuses_paths_without_stack_traces(trained_repo):
+    """The same model under MLflow's own server: no path is opened and no trace is returned."""
+    repo, env = trained_repo
+    port = free_port()
+    server = serve(["mlflow", "models", "serve", "-m", "models:/image-classifier/1", "--env-manager", "local",
+                    "-h", "127.0.0.1", "-p", str(port)], repo, env, port)
+    try:
+        for body, kind in [(frame(["/etc/hostname"]), "application/json"), (b"image\n/dev/zero\n", "text/csv")]:
+            status, answer = post(port, body, kind)
+            assert status == 400 and "stack_trace" not in answer, answer
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

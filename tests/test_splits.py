@@ -8,7 +8,7 @@ from stages.splits import SplitError, assign_splits, check_class_sizes, deduplic
 
 
 def items(counts: dict[str, int]) -> list[dict]:
-    return [{"source": f"{label}/{i}.png", "label": label, "sha256": f"{label}-{i}"}
+    return [{"source": f"{label}/{i}.png", "label": label, "pixels_sha256": f"{label}-{i}"}
             for label, n in counts.items() for i in range(n)]
 
 
@@ -31,10 +31,10 @@ def test_stratified_fractions_per_class():
 
 def test_duplicates_kept_once_and_conflicts_dropped():
     data = items({"a": 5, "b": 5})
-    data.append({"source": "a/copy.png", "label": "a", "sha256": "a-0"})      # same class twice
-    data.append({"source": "b/clash.png", "label": "b", "sha256": "a-1"})     # same content, two classes
+    data.append({"source": "a/copy.png", "label": "a", "pixels_sha256": "a-0"})      # same class twice
+    data.append({"source": "b/clash.png", "label": "b", "pixels_sha256": "a-1"})     # same content, two classes
     kept, excluded = deduplicate(data, on_conflict="drop")
-    assert len({k["sha256"] for k in kept}) == len(kept) == 9
+    assert len({k["pixels_sha256"] for k in kept}) == len(kept) == 9
     reasons = {e["source"]: e["kind"] for e in excluded}
     assert reasons == {"a/copy.png": "duplicate", "a/1.png": "label_conflict", "b/clash.png": "label_conflict"}
     with pytest.raises(SplitError, match="(?s)a/1.png, b/clash.png.*on_conflict: drop"):

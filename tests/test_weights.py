@@ -27,10 +27,30 @@ def test_local_file_is_loaded_with_provenance(tmp_path):
     assert torch.equal(checkpoint["state_dict"]["conv1.weight"], source.state_dict()["conv1.weight"])
 
 
-def test_file_of_another_architecture_is_refused(tmp_path):
-    torch.save(get_model("resnet50", weights=None).state_dict(), tmp_path / "r50.pth")
-    with pytest.raises(RuntimeError, match="size mismatch"):
-        pretrain.run(pretrain_params(tmp_path, source="file", file=str(tmp_path / "r50.pth")))
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b"\x00garbage" * 100), r"is not a PyTorch weights file"),
+    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+    (lambda p: torch.save(get_model("resnet18", weights=None).state_dict(), p) or p.write_bytes(p.read_bytes()[:5000]),
+     r"is truncated or corrupt"),
+    (lambda p: torch.save(get_model("resnet18", weights=None), p),
+     r"holds a pickled Python object \(a whole model\?\)"),
+    (lambda p: torch.save(get_model("resnet34", weights=None).state_dict(), p), r"holds weights made for resnet34, "
+     r"not model.arch=resnet18"),
+    (lambda p: torch.save([1, 2, 3], p), r"is not a state dict"),
+])
+def test_bad_weights_file_gets_one_line_naming_it(tmp_path, make, message):
+    path = tmp_path / "weights.pth"
+    make(path)
+    with pytest.raises(WeightsError, match=f"^{tmp_path}/weights.pth \\(pretrain.file\\) {message}|^{path} {message}"):
+        pretrain.run(pretrain_params(tmp_path, source="file", file=str(path)))
+    assert not (tmp_path / "pretrained.pt").exists()
+
+
+def test_pinned_full_sha256_is_enforced(tmp_path):
+    path = tmp_path / "weights.pth"
+    torch.save(get_model("resnet18", weights=None).state_dict(), path)
+    with pytest.raises(WeightsError, match="not the pretrain.sha256"):
+        pretrain.run(pretrain_params(tmp_path, source="file", file=str(path), sha256="0" * 64))
 
 
 def test_imagenet_offline_without_cache_names_file_and_alternatives(tmp_path, monkeypatch):

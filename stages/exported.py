@@ -3,27 +3,57 @@ Exporting, loading and running them; torch, numpy and onnxruntime only."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from stages.imagefolder import sha256_file
+from stages.outputs import write_bytes, write_serialized
+
 RUNTIMES = ("onnx", "torch")
-PROGRAM_FILE, ONNX_FILE = "model.pt2", "model.onnx"
+PROGRAM_FILE, ONNX_FILE, CARD_FILE = "model.pt2", "model.onnx", "model_card.json"
+EXPORT_FILES = (ONNX_FILE, PROGRAM_FILE, "labels.json", "preprocessing.json")  # hashed in the model card
+
+
+class ExportTampered(RuntimeError):
+    """An exported file does not match the hash its model card records: it is not loaded."""
+
+
+def verify_export(folder: Path) -> dict:
+    """Check every exported file against the SHA-256 in `model_card.json` before anything is loaded;
+    returns the card. The card itself is the anchor: `python -m stages.lineage` checks it against MLflow."""
+    card_path = folder / CARD_FILE
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        recorded = card["model"]["files"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise ExportTampered(f"{card_path} is missing or not a model card ({type(error).__name__}); the export "
+                             "cannot be verified, so it is not loaded. Re-export with `dvc repro export`") from None
+    for name in EXPORT_FILES:
+        path = folder / name
+        if name not in recorded:
+            raise ExportTampered(f"{card_path} records no hash for {name}; re-export with `dvc repro export`")
+        found = sha256_file(path) if path.is_file() else "missing"
+        if found != recorded[name]:
+            raise ExportTampered(f"{path} does not match its model card (sha256 {found[:16]}…, card "
+                                 f"{recorded[name][:16]}…): refusing to load a file that was changed or swapped")
+    return card
 
 
 def export_program(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """A torch.export program with a dynamic batch dimension (torch.jit.trace is deprecated)."""
     program = torch.export.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    torch.export.save(program, path)
+    write_serialized(path, lambda buffer: torch.export.save(program, buffer))
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     """ONNX via the dynamo exporter, dynamic batch; input `images` (N,3,H,W float32), output `logits`."""
-    torch.onnx.export(model, (example,), str(path), dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                      input_names=["images"], output_names=["logits"], opset_version=opset, dynamo=True,
-                      external_data=False)
+    program = torch.onnx.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                                input_names=["images"], output_names=["logits"], opset_version=opset, dynamo=True)
+    write_bytes(path, program.model_proto.SerializeToString())
 
 
 def load_runtime(export_dir: Path, runtime: str, device: str = "cpu") -> Callable[[np.ndarray], np.ndarray]:

@@ -1,0 +1,62 @@
+"""Failures a user can meet, each as one line naming the file or key and what to do: a damaged MLflow store,
+a full disk, a broken params.yaml. Nothing half-written is left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stages import prepare, tracking
+from stages.model import save_checkpoint
+from stages.params import load_params
+from tests.conftest import ROOT, clean_env, make_image_folder
+
+
+def test_damaged_store_is_named_with_the_way_out(tmp_path, monkeypatch):
+    (tmp_path / "mlflow.db").write_bytes(b"this is not sqlite" * 100)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    with pytest.raises(RuntimeError, match=r"mlflow.db cannot be used \(.*\); if .*mlflow.db is damaged, move it away"):
+        tracking.connect()
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB tmpfs: real ENOSPC, not a mock."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, full_disk):
+    data = make_image_folder(tmp_path / "photos", {"a": 6, "b": 6}, size=256)  # noise PNGs, ~200 KB each
+    params = load_params(ROOT / "params.yaml", overrides={"prepare": {
+        "data": str(data), "test_data": str(data), "test_fraction": 0.2, "out": str(full_disk / "prepared"),
+        "metrics": str(tmp_path / "prepare.json"), "image_size": 256, "min_per_class": 3, "workers": 1}})
+    with pytest.raises(OSError, match=r"cannot write .*small-disk/prepared/\.staging/.*\.png \(decoded from "
+                                      r".*photos/.*\): No space left on device\. Free space"):
+        prepare.run(params)
+    assert not (full_disk / "prepared" / ".staging").exists()
+
+
+def test_full_disk_never_leaves_a_truncated_model(full_disk):
+    model = torch.nn.Linear(512, 512)  # 1 MiB of weights
+    with pytest.raises(OSError, match=r"cannot write .*small-disk/model.pt: No space left on device"):
+        save_checkpoint(full_disk / "model.pt", model)
+    assert list(full_disk.iterdir()) == []
+
+
+def test_broken_params_yaml_is_one_line_from_a_stage(tmp_path):
+    (tmp_path / "params.yaml").write_text("model:\n  arch: resnet18\n train: [\n")
+    result = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, env=clean_env(),
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "params.yaml is not valid YAML at line 3, column 2" in result.stderr
+    assert Path(tmp_path).joinpath("data").exists() is False

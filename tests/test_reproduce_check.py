@@ -1,0 +1,62 @@
+"""The CI check's verdicts on metrics it is handed: exact on the same pinned runtime, banded elsewhere."""
+
+from stages.params import load_params
+from stages.reproduce import compare_metrics, decide_mode, report
+from tests.conftest import ROOT
+
+PARAMS = load_params(ROOT / "params.yaml")
+PINNED = {"pinned": True, "device": "cpu", "kernel_isa": "DEFAULT", "blas": "MKL COMPATIBLE", "threads": 2,
+          "torch": "2.14.1", "torchvision": "0.29.1", "machine": "x86_64", "cpu": "AMD EPYC", "cpu_isa": "AVX2"}
+REFERENCE = {
+    PARAMS.prepare.metrics: {"included": 2800, "split_sizes": {"test": 2400}},
+    PARAMS.train.metrics: {"best_epoch": 20, "best_val_accuracy": 0.75},
+    PARAMS.evaluate.metrics: {"test_accuracy": 0.80, "test_f1_macro": 0.79, "test_images": 2400,
+                              "test_accuracy_ci95": {"low": 0.785, "high": 0.815},
+                              "test_f1_macro_ci95": {"low": 0.774, "high": 0.806},
+                              "per_class": {"coat": {"recall": 0.7, "support": 600.0}}}}
+
+
+def changed(**edits) -> dict:
+    """A copy of the reference metrics with `file__key=value` edits (key path joined by '__')."""
+    metrics = {f: {k: dict(v) if isinstance(v, dict) else v for k, v in m.items()} for f, m in REFERENCE.items()}
+    for name, value in edits.items():
+        file = {"prepare": PARAMS.prepare.metrics, "train": PARAMS.train.metrics,
+                "evaluate": PARAMS.evaluate.metrics}[name.split("__")[0]]
+        node = metrics[file]
+        *path, last = name.split("__")[1:]
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return metrics
+
+
+def verdict(new_metrics: dict, new_env: dict) -> tuple[bool, str]:
+    old_env = dict.fromkeys(("pretrain", "train", "evaluate"), PINNED)
+    env = dict.fromkeys(("pretrain", "train", "evaluate"), new_env)
+    exact, reasons = decide_mode(old_env, env)
+    return report(compare_metrics(REFERENCE, new_metrics, exact, PARAMS), exact, reasons, old_env, env)
+
+
+def test_same_pinned_runtime_on_another_cpu_must_match_exactly():
+    other_cpu = PINNED | {"cpu": "Intel Xeon", "cpu_isa": "AVX512"}  # not part of the identity
+    ok, text = verdict(changed(), other_cpu)
+    assert ok and "MODE exact" in text and "VERDICT reproduced: all" in text
+    ok, text = verdict(changed(train__best_epoch=19), other_cpu)
+    assert not ok and "REGRESSION, not rounding" in text and "metrics/train.json:best_epoch" in text
+
+
+def test_other_runtime_gates_integrity_exactly_and_headline_by_interval():
+    gpu = PINNED | {"pinned": False, "device": "cuda", "gpu": "NVIDIA H200"}
+    ok, text = verdict(changed(train__best_epoch=12, evaluate__test_accuracy=0.79,
+                               evaluate__per_class__coat__recall=0.6), gpu)
+    assert ok and "MODE band" in text and "device 'cpu' -> 'cuda'" in text and "reproduced within" in text
+    ok, text = verdict(changed(evaluate__test_accuracy=0.77), gpu)
+    assert not ok and "metrics/evaluate.json:test_accuracy" in text and "band [0.7850, 0.8150]" in text
+    ok, text = verdict(changed(prepare__included=2799), gpu)
+    assert not ok and "metrics/prepare.json:included" in text
+
+
+def test_other_thread_count_is_not_exact():
+    stages = ("pretrain", "train", "evaluate")
+    exact, reasons = decide_mode(dict.fromkeys(stages, PINNED), dict.fromkeys(stages, PINNED | {"threads": 4}))
+    assert not exact and reasons[0] == "pretrain: threads 2 -> 4"

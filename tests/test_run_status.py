@@ -1,0 +1,98 @@
+"""MLflow runs tell the truth: a SIGTERM ends a run KILLED, a SIGKILL's orphan is found and marked by the next
+stage, a shared store survives two pipelines creating it at once, and a silent server fails fast."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stages import tracking
+from stages.params import load_params
+from tests.conftest import ROOT, clean_env, run
+from tests.test_pipeline import set_param
+
+
+def wait_for_running_run(client: MlflowClient, pid: int, seconds: float = 120):
+    """The run a train process (pid) created, once it has logged its first epoch."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("image-classifier")
+        if experiment:
+            for found in client.search_runs([experiment.experiment_id]):
+                if found.data.tags.get("process.pid") == str(pid) and "train_loss" in found.data.metrics:
+                    return found
+        time.sleep(0.5)
+    raise AssertionError(f"no run with a logged epoch from process {pid} within {seconds} s")
+
+
+@pytest.mark.pipeline
+def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pipeline_repo):
+    repo, env = pipeline_repo
+    set_param(repo, "train", "epochs", 500)
+    set_param(repo, "train", "patience", 500)
+    run(["dvc", "repro", "pretrain"], repo, env)
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    train = [sys.executable, "-m", "stages.train"]
+
+    terminated = subprocess.Popen(train, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                  text=True)
+    first = wait_for_running_run(client, terminated.pid)
+    terminated.send_signal(signal.SIGTERM)
+    assert terminated.wait(timeout=60) == 143
+    assert "stopped (stopped by signal 15)" in terminated.stderr.read()
+    assert client.get_run(first.info.run_id).info.status == "KILLED"
+
+    killed = subprocess.Popen(train, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = wait_for_running_run(client, killed.pid)
+    killed.kill()
+    killed.wait(timeout=60)
+    assert client.get_run(second.info.run_id).info.status == "RUNNING"  # nobody could mark it
+
+    again = subprocess.Popen(train, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_running_run(client, again.pid)
+    again.send_signal(signal.SIGTERM)
+    again.wait(timeout=60)
+    orphan = client.get_run(second.info.run_id)
+    assert orphan.info.status == "KILLED"
+    assert orphan.data.tags["status_note"] == f"marked KILLED by train: its process {killed.pid} on " \
+                                               f"{socket.gethostname()} is gone"
+    assert len({first.info.run_name, second.info.run_name}) == 2  # unique names
+
+
+FIRST_USE = """
+import sys, time
+from stages import tracking
+time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+print(tracking.experiment_id(tracking.connect(), "shared"))
+"""
+
+
+def test_two_pipelines_creating_one_store_at_once(tmp_path):
+    env = clean_env() | {"DVC_ROOT": str(tmp_path)}  # both use the default store: <DVC_ROOT>/mlflow.db
+    start = str(time.time() + 10)  # both start their first connect at the same moment, after importing
+    processes = [subprocess.Popen([sys.executable, "-c", FIRST_USE, start], cwd=ROOT, env=env, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    results = [(p.wait(timeout=240), p.stdout.read().strip(), p.stderr.read()) for p in processes]
+    assert [code for code, _, _ in results] == [0, 0], results
+    assert results[0][1] == results[1][1] and results[0][1].isdigit()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert sorted(e.name for e in client.search_experiments()) == ["Default", "shared"]
+
+
+def test_silent_tracking_server_fails_within_the_default_timeout(monkeypatch):
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        timeout = load_params(ROOT / "params.yaml").tracking.timeout
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match=f"MLflow tracking server {uri} does not answer"):
+            tracking.connect(timeout)
+        assert timeout == 15 and time.monotonic() - start < timeout + 5

@@ -1,0 +1,36 @@
+"""The training core on tiny tensors: a diverging loss stops training at once and says where; a broken model
+is never exported."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from stages.export import check_parity
+from stages.training import TrainingDiverged, make_optimizer, make_scheduler, train_one_epoch
+
+
+def test_non_finite_loss_stops_training_naming_epoch_and_step():
+    model = nn.Linear(4, 2)
+    loader = DataLoader(TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,))), batch_size=8)
+    optimizer = make_optimizer(model, "adamw", 1e-3, 0.0, 0.0)
+    scheduler = make_scheduler(optimizer, 0, 4)
+    calls = []
+
+    def loss_fn(logits, targets):  # finite for two steps, then NaN
+        calls.append(1)
+        loss = nn.functional.cross_entropy(logits, targets)
+        return loss * float("nan") if len(calls) >= 3 else loss
+    with pytest.raises(TrainingDiverged, match=r"not finite at epoch 7, step 3"):
+        train_one_epoch(model, loader, loss_fn, optimizer, scheduler, torch.device("cpu"), epoch=7)
+    assert len(calls) == 3  # stopped at the bad step, not at the end of the epoch
+
+
+def test_parity_gate_refuses_non_finite_logits(tmp_path):
+    class Broken(nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :3] * float("nan")
+    with pytest.raises(RuntimeError, match="non-finite logits"):
+        check_parity(Broken(), tmp_path, torch.randn(2, 3, 4, 4), atol=1e-4)
