@@ -137,8 +137,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 # ---- one MLflow run per model: its lifecycle and who may change its status ----
 
 def run_name(params_sha: str) -> str:
-    """Unique and meaningful: the DVC experiment (or `repro`), the params hash, and when."""
-    return f"{os.environ.get('DVC_EXP_NAME') or 'repro'}-{params_sha[:8]}-{time.strftime('%Y%m%dT%H%M%S')}"
+    """Unique and meaningful: the stage that made it, the DVC experiment (or `repro`), the params hash, when."""
+    return f"train-{os.environ.get('DVC_EXP_NAME') or 'repro'}-{params_sha[:8]}-{time.strftime('%Y%m%dT%H%M%S')}"
 
 
 @contextmanager

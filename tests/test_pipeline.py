@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -80,6 +82,16 @@ def test_repro_outputs_rerun_rules_and_mlflow(pipeline_repo):
     prediction = model.predict(pandas.DataFrame({"image": [image.read_bytes()]}))
     assert prediction.loc[0, "label"] in {"blue", "green", "red"}
     assert abs(prediction[["blue", "green", "red"]].sum(axis=1)[0] - 1.0) < 1e-5
+    assert all(v.tags["model_card_sha256"] and "incomplete" not in v.tags for v in versions)
+
+    again = run(["dvc", "repro", "--force", "export"], repo, env)  # the same card again: the same version
+    assert "reused image-classifier version 2" in again.stdout + again.stderr
+    assert len(client.search_model_versions("name='image-classifier'")) == 2
+
+    set_param(repo, "export", "atol", 0.0)  # an export that fails after reopening the run...
+    failed = subprocess.run([sys.executable, "-m", "stages.export"], cwd=repo, env=env, capture_output=True, text=True)
+    assert failed.returncode == 1 and "exported model disagrees" in failed.stderr and "Traceback" not in failed.stderr
+    assert client.get_run(runs[-1].info.run_id).info.status == "FINISHED"  # ...leaves the good run as it was
 
 
 def test_temp_experiment_lands_in_the_repo_store(pipeline_repo):
@@ -89,7 +101,7 @@ def test_temp_experiment_lands_in_the_repo_store(pipeline_repo):
     experiment = client.get_experiment_by_name("image-classifier")
     [found] = client.search_runs([experiment.experiment_id])
     assert found.data.params["train.lr"] == "0.0007"
-    assert found.data.tags["dvc.experiment"] == "lr-7e-4" and found.info.run_name.startswith("lr-7e-4-")
+    assert found.data.tags["dvc.experiment"] == "lr-7e-4" and found.info.run_name.startswith("train-lr-7e-4-")
     assert "test_accuracy" in found.data.metrics
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "evaluate")}
     assert "evaluate/confusion_matrix.png" in artifacts

@@ -56,6 +56,15 @@ def test_other_runtime_gates_integrity_exactly_and_headline_by_interval():
     assert not ok and "metrics/prepare.json:included" in text
 
 
+def test_band_widens_to_the_measured_seed_spread():
+    spread = {"test_accuracy": {"mean": 0.80, "sd": 0.01}, "test_f1_macro": {"mean": 0.79, "sd": 0.01}}
+    rows = compare_metrics(REFERENCE, changed(evaluate__test_accuracy=0.775), False, PARAMS, spread)
+    [accuracy] = [r for r in rows if r.key == "test_accuracy"]
+    assert accuracy.ok and accuracy.gate == "band [0.7700, 0.8300]"
+    rows = compare_metrics(REFERENCE, changed(evaluate__test_accuracy=0.775), False, PARAMS)
+    assert not [r for r in rows if r.key == "test_accuracy"][0].ok  # the interval alone is narrower
+
+
 def test_other_thread_count_is_not_exact():
     stages = ("pretrain", "train", "evaluate")
     exact, reasons = decide_mode(dict.fromkeys(stages, PINNED), dict.fromkeys(stages, PINNED | {"threads": 4}))

@@ -1,0 +1,27 @@
+"""Every architecture in the table builds, takes a backbone from a checkpoint with another head, and freezes
+to its head alone: what `train` needs of it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.architectures import ARCHITECTURES
+from stages.model import build_model, freeze_backbone, head_classes, load_backbone
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
+def test_table_row_is_enough_to_fine_tune(arch):
+    facts = ARCHITECTURES[arch]
+    source = build_model(arch, 10)
+    assert head_classes(arch, source.state_dict()) == 10
+    assert source.get_submodule(facts.head).in_features == facts.features
+    assert isinstance(source.get_submodule(facts.cam_layer), torch.nn.Module)
+    target = build_model(arch, 3)
+    load_backbone(target, arch, source.state_dict(), "source")
+    backbone = [k for k in source.state_dict() if not k.startswith(facts.head + ".")]
+    assert all(torch.equal(target.state_dict()[k], source.state_dict()[k]) for k in backbone)
+    freeze_backbone(target, arch)
+    trainable = {n for n, p in target.named_parameters() if p.requires_grad}
+    assert trainable == {f"{facts.head}.weight", f"{facts.head}.bias"}
+    assert target(torch.randn(2, 3, 32, 32)).shape == (2, 3)
