@@ -142,8 +142,9 @@ def report(rows: list[Row], exact: bool, reasons: list[str], old_env: dict, new_
         moved = sum(1 for r in rows if r.gate == "report" and r.old != r.new)
         lines += ["", "MODE band: the runtimes differ, so rounding can move training results:"]
         lines += [f"  - {reason}" for reason in reasons]
-        lines.append("  Integrity counts must be identical; headline metrics must lie in their band (the reference's 95% "
-                     "interval, widened to the seed sweep's mean ± 3 sd where one was measured for these params); "
+        lines.append("  Integrity counts must be identical; headline metrics must lie in their band (the "
+                     "reference's 95% interval, widened to the seed sweep's mean ± 3 sd where one was measured "
+                     "for these params); "
                      f"{moved} fragile figure(s) moved and do not gate.")
         verdict = ("reproduced within the reference's noise" if not failed else
                    f"NOT reproduced: {len(failed)} metric(s) outside their gate: {names}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -40,6 +41,16 @@ def tiny_params(data: str, source: str) -> dict:
     return params
 
 
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
@@ -57,11 +68,31 @@ def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
     return build_pipeline_repo(tmp_path / "repo")
 
 
-@pytest.fixture(scope="module")
+# The modules whose tests use trained_repo: pytest-xdist runs them all on one worker, in order (their
+# xdist_group marks are lost under pytest 9, whose node ids xdist 3.8 can no longer suffix).
+TRAINED_REPO_MODULES = ("tests/test_lineage.py", "tests/test_pipeline.py", "tests/test_serving.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Load balancing, one test at a time, except the trained_repo modules, which are one unit of work."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedRepoScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "trained_repo" if nodeid.split("::", 1)[0] in TRAINED_REPO_MODULES else nodeid
+
+    return SharedRepoScheduling(config, log)
+
+
+@pytest.fixture(scope="session")
 def trained_repo(tmp_path_factory) -> tuple[Path, dict]:
-    """A pipeline repo after one `dvc repro`, shared by the tests of one module."""
+    """A pipeline repo after one `dvc repro`, shared by every test that starts from a trained pipeline (one
+    tiny run costs about two minutes, mostly imports and export). A test may change params, but leaves the
+    repo consistent: outputs match dvc.lock, the tree is committed. Its MLflow store keeps every test's runs,
+    so tests look for their own runs, not at counts. The first repro's output is in first_repro.txt beside it."""
     repo, env = build_pipeline_repo(tmp_path_factory.mktemp("trained") / "repo")
-    run(["dvc", "repro"], repo, env)
+    first = run(["dvc", "repro"], repo, env)
+    (repo.parent / "first_repro.txt").write_text(first.stdout + first.stderr)
     return repo, env
 
 

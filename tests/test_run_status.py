@@ -8,54 +8,63 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from stages import tracking
 from stages.params import load_params
-from tests.conftest import ROOT, clean_env, run
-from tests.test_pipeline import set_param
+from tests.conftest import ROOT, clean_env, run, set_param
 
 
-def wait_for_running_run(client: MlflowClient, pid: int, seconds: float = 120):
-    """The run a train process (pid) created, once it has logged its first epoch."""
+def wait_for_running_run(client: MlflowClient, process: subprocess.Popen, log: Path, seconds: float = 300):
+    """The run a train process created, once it has logged its first epoch; fails at once, with the process's
+    output, if it ends first."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"train exited {process.returncode} before its first epoch:\n{log.read_text()}")
         experiment = client.get_experiment_by_name("image-classifier")
         if experiment:
             for found in client.search_runs([experiment.experiment_id]):
-                if found.data.tags.get("process.pid") == str(pid) and "train_loss" in found.data.metrics:
+                if found.data.tags.get("process.pid") == str(process.pid) and "train_loss" in found.data.metrics:
                     return found
         time.sleep(0.5)
-    raise AssertionError(f"no run with a logged epoch from process {pid} within {seconds} s")
+    raise AssertionError(f"no run with a logged epoch from process {process.pid} within {seconds} s:\n"
+                         f"{log.read_text()}")
 
 
 @pytest.mark.pipeline
-def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pipeline_repo):
+def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pipeline_repo, tmp_path):
     repo, env = pipeline_repo
     set_param(repo, "train", "epochs", 500)
     set_param(repo, "train", "patience", 500)
-    run(["dvc", "repro", "pretrain"], repo, env)
+    run(["dvc", "repro", "prepare", "pretrain"], repo, env)  # everything train reads
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    train = [sys.executable, "-m", "stages.train"]
+    client.search_experiments()  # the store exists before any train process starts
 
-    terminated = subprocess.Popen(train, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                  text=True)
-    first = wait_for_running_run(client, terminated.pid)
+    def start(name: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        with open(log, "w") as out:
+            return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=env,
+                                    stdout=out, stderr=subprocess.STDOUT), log
+
+    terminated, log = start("terminated")
+    first = wait_for_running_run(client, terminated, log)
     terminated.send_signal(signal.SIGTERM)
     assert terminated.wait(timeout=60) == 143
-    assert "stopped (stopped by signal 15)" in terminated.stderr.read()
+    assert "stopped (stopped by signal 15)" in log.read_text()
     assert client.get_run(first.info.run_id).info.status == "KILLED"
 
-    killed = subprocess.Popen(train, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = wait_for_running_run(client, killed.pid)
+    killed, log = start("killed")
+    second = wait_for_running_run(client, killed, log)
     killed.kill()
     killed.wait(timeout=60)
     assert client.get_run(second.info.run_id).info.status == "RUNNING"  # nobody could mark it
 
-    again = subprocess.Popen(train, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_running_run(client, again.pid)
+    again, log = start("again")
+    wait_for_running_run(client, again, log)
     again.send_signal(signal.SIGTERM)
     again.wait(timeout=60)
     orphan = client.get_run(second.info.run_id)
@@ -67,17 +76,26 @@ def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pi
 
 FIRST_USE = """
 import sys, time
+from pathlib import Path
 from stages import tracking
-time.sleep(max(0.0, float(sys.argv[1]) - time.time()))
+ready, go = Path(sys.argv[1]), Path(sys.argv[2])
+ready.touch()  # imports done
+while not go.exists():
+    time.sleep(0.001)
 print(tracking.experiment_id(tracking.connect(), "shared"))
 """
 
 
 def test_two_pipelines_creating_one_store_at_once(tmp_path):
     env = clean_env() | {"DVC_ROOT": str(tmp_path)}  # both use the default store: <DVC_ROOT>/mlflow.db
-    start = str(time.time() + 10)  # both start their first connect at the same moment, after importing
-    processes = [subprocess.Popen([sys.executable, "-c", FIRST_USE, start], cwd=ROOT, env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{n}" for n in range(2)]
+    processes = [subprocess.Popen([sys.executable, "-c", FIRST_USE, str(flag), str(go)], cwd=ROOT, env=env,
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for flag in ready]
+    deadline = time.monotonic() + 240
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()  # both make their first connect at the same moment, after their imports
     results = [(p.wait(timeout=240), p.stdout.read().strip(), p.stderr.read()) for p in processes]
     assert [code for code, _, _ in results] == [0, 0], results
     assert results[0][1] == results[1][1] and results[0][1].isdigit()

@@ -18,7 +18,13 @@ import pytest
 
 from tests.conftest import run
 
-pytestmark = pytest.mark.pipeline
+pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
+
+
+def registered(repo) -> str:
+    """The registry URI of the version models/export was registered as (other tests add versions)."""
+    found = json.loads((repo / "models/export/registry.json").read_text())
+    return f"models:/{found['name']}/{found['version']}"
 
 
 def predict(repo, env, *args) -> dict[str, dict]:
@@ -63,7 +69,7 @@ def test_predict_both_runtimes_agree_and_report_unreadable_files(trained_repo, t
     assert correct == round(evaluation["test_accuracy"] * 9)  # same images, same answers as evaluate
 
     via_registry = predict(repo, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"},
-                           "models:/image-classifier/1", good[0], "--runtime", "torch")
+                           registered(repo), good[0], "--runtime", "torch")
     assert via_registry[good[0]]["label"] == program[good[0]]["label"]
 
 
@@ -120,7 +126,7 @@ def test_hardened_server_reads_only_the_image_sent(trained_repo):
     image = sorted((repo / "data/prepared/test").rglob("*.png"))[0]
     expected = predict(repo, env, "models/export", str(image))[str(image)]
     port = free_port()
-    server = serve([sys.executable, "-m", "stages.serve", "models:/image-classifier/1", "--port", str(port),
+    server = serve([sys.executable, "-m", "stages.serve", registered(repo), "--port", str(port),
                     "--max-body-mb", "1"], repo, env, port)
     try:
         status, answer = post(port, frame([base64.b64encode(image.read_bytes()).decode()]))
@@ -158,7 +164,7 @@ def test_mlflow_models_serve_refuses_paths_without_stack_traces(trained_repo):
     """The same model under MLflow's own server: no path is opened and no trace is returned."""
     repo, env = trained_repo
     port = free_port()
-    server = serve(["mlflow", "models", "serve", "-m", "models:/image-classifier/1", "--env-manager", "local",
+    server = serve(["mlflow", "models", "serve", "-m", registered(repo), "--env-manager", "local",
                     "-h", "127.0.0.1", "-p", str(port)], repo, env, port)
     try:
         for body, kind in [(frame(["/etc/hostname"]), "application/json"), (b"image\n/dev/zero\n", "text/csv")]:
