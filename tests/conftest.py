@@ -57,6 +57,17 @@ def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.Co
     return result
 
 
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_as_found():
+    """No test may write into this repository (its committed reference results above all)."""
+    def status() -> str:
+        return "".join(subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout
+                       for command in (["status", "--porcelain", "--untracked-files=all"], ["diff"]))
+    before = status()
+    yield
+    assert status() == before, f"tests changed files of the repository:\n{status()}"
+
+
 @pytest.fixture
 def tiny_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "images", {"red": 12, "green": 12, "blue": 12})

@@ -13,7 +13,8 @@ from tests.conftest import ROOT
 
 def pretrain_params(tmp_path, **changes):
     overrides = {"out": str(tmp_path / "pretrained.pt"), "metrics": str(tmp_path / "pretrain.json"), **changes}
-    return load_params(ROOT / "params.yaml", overrides={"pretrain": overrides})
+    return load_params(ROOT / "params.yaml", overrides={"pretrain": overrides,
+                                                         "runtime": {"fingerprints": str(tmp_path / "environment")}})
 
 
 def test_local_file_is_loaded_with_provenance(tmp_path):
