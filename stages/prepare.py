@@ -82,7 +82,7 @@ def order(item: dict) -> tuple[str, str]:
 
 
 def check_paths(cfg: PrepareParams) -> tuple[dict[str, Path], Path]:
-    """Fail before any work on a missing/empty input, and never let the output touch an input.
+    """Fail before any work on a missing/empty input or a test set inside the data.
     Returns ({origin: input folder}, output folder)."""
     folders = {"data": check_input(cfg.data, "prepare.data")}
     if cfg.fixed_test_set:
@@ -90,11 +90,7 @@ def check_paths(cfg: PrepareParams) -> tuple[dict[str, Path], Path]:
         if overlaps(folders["data"], folders["test_data"]):
             raise ValueError(f"prepare.test_data={cfg.test_data} and prepare.data={cfg.data} overlap; the fixed "
                              "test set must be a folder of its own")
-    out = Path(cfg.out).absolute()
-    for origin, folder in folders.items():
-        if overlaps(out, folder):
-            raise ValueError(f"prepare.out={cfg.out} and prepare.{origin}={getattr(cfg, origin)} overlap; input "
-                             "folders are never written to, so choose an output folder outside them")
+    out = Path(cfg.out).absolute()  # never an input: load_params refused any output that overlaps one
     if out.exists():
         shutil.rmtree(out)  # our own output; DVC removes it too before running the stage
     return folders, out

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from stages.params import Params, load_params, parse_params
+from stages.tracking import flatten  # {'a': {'b': 1}} -> {'a.b': 1}, as `dvc metrics diff` names keys
 
 FINGERPRINTED = ("pretrain", "train", "evaluate")
 HEADLINE = ("test_accuracy", "test_f1_macro")  # gated by the reference's interval in band mode
@@ -39,17 +40,6 @@ class Row:
     new: object
     gate: str  # "exact", "band [low, high]" or "report"
     ok: bool
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}, as `dvc metrics diff` names keys."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat |= flatten(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def is_integrity(file: str, key: str, params: Params) -> bool:
