@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    paths = sorted(args.images.rglob("*.png")) * args.repeat
+    paths = sorted(p for p in args.images.rglob("*") if p.is_file()) * args.repeat
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for runtime in RUNTIMES:
         predict(args.export, paths[: args.batch_size], runtime, device, args.batch_size, 3)  # warm-up

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets
+from torchvision.io import ImageReadMode, decode_image
 from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +35,38 @@ def load_rgb(path: str) -> Image.Image:
             "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)") from error
 
 
+def read_image(path: str) -> torch.Tensor:
+    """ImageFolder loader for prepared splits: the file decoded by torchvision.io straight into a uint8 RGB
+    tensor (libjpeg-turbo/libpng, no PIL round trip), naming the file when it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's: one per image
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(data, mode=ImageReadMode.RGB)
+    except (OSError, RuntimeError) as error:
+        raise UnreadableImageError(
+            f"cannot read {path}: {error}. The prepared data changed after the prepare stage; "
+            "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)") from error
+
+
+def default_workers() -> int:
+    """Loader processes when train.num_workers is -1: one per core this process may use, less one for the
+    main process that drives the model, capped at 16."""
+    return max(1, min(16, len(os.sched_getaffinity(0)) - 1))
+
+
+def to_model_input(batch: torch.Tensor, device: torch.device,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """A loader batch -> the model's input on `device`. uint8 images cross to the device as uint8 (4x fewer
+    bytes than float32) and become float and normalised there; float batches (cached features) just move."""
+    batch = batch.to(device, non_blocking=True)
+    if batch.dtype != torch.uint8:
+        return batch
+    images = F.to_dtype(batch.contiguous(memory_format=memory_format), torch.float32, scale=True)
+    return F.normalize(images, IMAGENET_MEAN, IMAGENET_STD)
+
+
 def preprocessing_spec(crop_size: int) -> dict:
     """Everything a caller needs to turn an image into the model's input tensor."""
     return {"resize_short_side": crop_size, "center_crop": crop_size, "interpolation": "bilinear",
@@ -39,28 +74,30 @@ def preprocessing_spec(crop_size: int) -> dict:
             "layout": "NCHW", "dtype": "float32", "value_range": "0..1 before normalisation"}
 
 
+def eval_crop(spec: dict) -> v2.Compose:
+    """Image -> uint8 CHW tensor, resized and center-cropped (loaders; `to_model_input` finishes on the device)."""
+    return v2.Compose([v2.ToImage(), v2.Resize(spec["resize_short_side"], antialias=True),
+                       v2.CenterCrop(spec["center_crop"])])
+
+
 def eval_transform(spec: dict) -> v2.Compose:
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(spec["resize_short_side"], antialias=True),
-        v2.CenterCrop(spec["center_crop"]),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(spec["mean"], spec["std"]),
-    ])
+    """One image -> the model's float32 input (serving and predict: images one by one, on the CPU)."""
+    return v2.Compose([eval_crop(spec), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec["mean"], spec["std"])])
 
 
 def train_transform(crop_size: int, scale_min: float, hflip: bool) -> v2.Compose:
+    """Image -> augmented uint8 CHW tensor (normalised later, on the device, by `to_model_input`)."""
     steps = [v2.ToImage(), v2.RandomResizedCrop(crop_size, scale=(scale_min, 1.0), antialias=True)]
     if hflip:
         steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     return v2.Compose(steps)
 
 
-def image_folder(root: str, transform) -> datasets.ImageFolder:
+def image_folder(root: str, transform, loader=load_rgb) -> datasets.ImageFolder:
+    """An ImageFolder; `load_rgb` (PIL: any format a user brings) or `read_image` (prepared JPEG/PNG)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root} not found: it is made by the prepare stage (`dvc repro prepare`)")
-    return datasets.ImageFolder(root, transform=transform, loader=load_rgb)
+    return datasets.ImageFolder(root, transform=transform, loader=loader)
 
 
 def split_folder(prepared: str | Path, split: str, transform) -> datasets.ImageFolder:
@@ -71,7 +108,7 @@ def split_folder(prepared: str | Path, split: str, transform) -> datasets.ImageF
         raise FileNotFoundError(f"{manifest} not found: it is made by the prepare stage (`dvc repro prepare`)")
     with open(manifest, newline="", encoding="utf-8") as f:
         expected = {row["file"] for row in csv.DictReader(f) if row["split"] == split}
-    dataset = image_folder(str(prepared / split), transform)
+    dataset = image_folder(str(prepared / split), transform, loader=read_image)
     found = {Path(path).relative_to(prepared).as_posix() for path, _ in dataset.samples}
     if found != expected:
         missing, extra = sorted(expected - found), sorted(found - expected)
@@ -119,14 +156,22 @@ class SeededAugmentation(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # Only the CPU generator: transforms draw from it alone, and torch.manual_seed would also queue a CUDA
+        # seeding with a formatted stack trace (about 0.5 ms an image, more than decoding a small JPEG).
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(seed)
+        try:
             return self.dataset[index]
+        finally:
+            generator.set_state(state)
 
 
 def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
     """Batches of `dataset`; with `shuffle` (training) a seeded order and per-image augmentation seeds, and the
-    last batch dropped when partial (a batch of one breaks BatchNorm). Call `loader.sampler.set_epoch(epoch)`."""
+    last batch dropped when partial (a batch of one breaks BatchNorm). Call `loader.sampler.set_epoch(epoch)`.
+    `num_workers` -1: `default_workers()`."""
+    num_workers = default_workers() if num_workers < 0 else num_workers
     sampler = EpochSampler(len(dataset), shuffle, seed)
     drop_last = shuffle and len(dataset) > batch_size
     return DataLoader(SeededAugmentation(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,

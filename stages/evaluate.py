@@ -11,7 +11,7 @@ from torch import nn
 
 from stages import runtime, tracking
 from stages.cli import stage_main
-from stages.data import eval_transform, make_loader, split_folder
+from stages.data import eval_crop, make_loader, split_folder
 from stages.metrics import bootstrap_intervals, score
 from stages.model import load_checkpoint, model_from_checkpoint
 from stages.outputs import write_csv, write_json
@@ -25,7 +25,7 @@ def run(params: Params) -> dict:
     """Score models/model.pt on the test split; write metrics/plots and add them to the model's run."""
     checkpoint = load_checkpoint(params.train.out, made_by="train")
     class_names = checkpoint["class_names"]
-    test_set = split_folder(params.prepare.out, "test", eval_transform(checkpoint["preprocessing"]))
+    test_set = split_folder(params.prepare.out, "test", eval_crop(checkpoint["preprocessing"]))
     if test_set.classes != class_names:
         raise ValueError(f"test split classes {test_set.classes} differ from the model's {class_names}; "
                          "re-run `dvc repro`")

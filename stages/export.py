@@ -13,7 +13,7 @@ import torch
 
 from stages import runtime, tracking
 from stages.cli import stage_main
-from stages.data import eval_transform, make_loader, split_folder
+from stages.data import eval_crop, make_loader, split_folder, to_model_input
 from stages.exported import (
     CARD_FILE,
     ONNX_FILE,
@@ -71,9 +71,9 @@ def run(params: Params) -> dict:
 
 def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
     """The real test split, preprocessed exactly as at evaluation."""
-    dataset = split_folder(params.prepare.out, "test", eval_transform(checkpoint["preprocessing"]))
+    dataset = split_folder(params.prepare.out, "test", eval_crop(checkpoint["preprocessing"]))
     loader = make_loader(dataset, params.evaluate.batch_size, False, 0, 0)
-    return torch.cat([images for images, _ in loader])
+    return torch.cat([to_model_input(images, torch.device("cpu")) for images, _ in loader])
 
 
 @torch.no_grad()
@@ -125,7 +125,7 @@ def register(client, params: Params, out: Path, run_id: str, card: dict, card_sh
                                          "export did not finish: no model card; do not use")
             log.warning("%s version %s has no model card (an interrupted export): tagged incomplete", name,
                         version.version)
-    example_file = next((Path(params.prepare.out) / "test").rglob("*.png"))
+    example_file = next(p for p in sorted((Path(params.prepare.out) / "test").rglob("*")) if p.is_file())
     example = pandas.DataFrame({"image": [example_file.read_bytes()]})
     loaded = ImageClassifier()
     loaded.load(out)

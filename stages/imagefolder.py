@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
+PREPARED_SUFFIXES = {"jpeg": ".jpg", "png": ".png"}  # prepare.format -> file suffix
 MAX_PIXELS = 100_000_000  # a header claiming more is refused before any pixel is allocated
 
 
@@ -169,3 +170,11 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     scale = size / min(width, height)
     new = (max(1, round(width * scale)), max(1, round(height * scale)))
     return image if new == image.size else image.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def save_prepared(image: Image.Image, path: Path, image_format: str, quality: int) -> None:
+    """Write a prepared image: JPEG (4:4:4 chroma, `quality`: small and fast to decode) or lossless PNG."""
+    if image_format == "jpeg":
+        image.save(path, format="JPEG", quality=quality, subsampling=0)
+    else:
+        image.save(path, format="PNG")

@@ -61,6 +61,8 @@ class PrepareParams:
     on_conflict: str = choice("drop", "fail")
     follow_symlinks: bool
     workers: int = number(0, 256)
+    format: str = choice("jpeg", "png")
+    jpeg_quality: int = number(50, 100)
 
     @property
     def fixed_test_set(self) -> bool:
@@ -94,6 +96,7 @@ class TrainParams:
     experiment: str
     device: str = choice("auto", "cpu", "cuda")
     freeze: str = choice("none", "backbone")
+    cache_features: bool
     optimizer: str = choice("adamw", "sgd")
     lr: float = number(0.0, 10.0)
     weight_decay: float = number(0.0, None)
@@ -107,7 +110,7 @@ class TrainParams:
     hflip: bool
     monitor: str = choice("val_accuracy", "val_loss")
     patience: int = number(1, None)
-    num_workers: int = number(0, 64)
+    num_workers: int = number(-1, 64)
     seed: int = number(0, None)
 
 

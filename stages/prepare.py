@@ -12,7 +12,15 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from stages.cli import stage_main
-from stages.imagefolder import BadImage, Candidate, decode_image, resize_short_side, scan
+from stages.imagefolder import (
+    PREPARED_SUFFIXES,
+    BadImage,
+    Candidate,
+    decode_image,
+    resize_short_side,
+    save_prepared,
+    scan,
+)
 from stages.outputs import write_csv, write_json
 from stages.params import Params, PrepareParams
 from stages.splits import (
@@ -47,7 +55,7 @@ def run(params: Params) -> dict:
                              "Fix or remove them, or set prepare.on_bad_file: skip to report and leave them out")
         kept, left_out, dropped_classes = select(decoded, classes, cfg)
         for item in kept:
-            item["file"] = place(item, staging, out)
+            item["file"] = place(item, staging, out, PREPARED_SUFFIXES[cfg.format])
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # never leave decoded copies behind (a full disk stays full)
     excluded = sorted(skipped + bad + left_out, key=order)
@@ -129,7 +137,7 @@ def decode_all(candidates: list[tuple[str, Candidate]], staging: Path, cfg: Prep
                ) -> tuple[list[dict], list[dict]]:
     """Hash, decode and resize every candidate in parallel; (usable items, bad files with reasons)."""
     workers = cfg.workers or os.cpu_count() or 1
-    jobs = [(c.path, staging, cfg.image_size, cfg.min_size) for _, c in candidates]
+    jobs = [(c.path, staging, cfg.image_size, cfg.min_size, cfg.format, cfg.jpeg_quality) for _, c in candidates]
     if workers == 1 or len(jobs) < 64:
         results = [decode_one(*job) for job in jobs]
     else:
@@ -142,9 +150,9 @@ def decode_all(candidates: list[tuple[str, Candidate]], staging: Path, cfg: Prep
     return usable, bad
 
 
-def decode_one(path: Path, staging: Path, image_size: int, min_size: int) -> dict:
-    """One input file -> staged upright RGB PNG named by its file hash, with the hash of its decoded pixels
-    (what deduplication compares), or the reason it is unusable."""
+def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_format: str, quality: int) -> dict:
+    """One input file -> staged upright RGB image (`prepare.format`) named by its file hash, with the hash of its
+    decoded pixels (what deduplication compares), or the reason it is unusable."""
     try:
         data = path.read_bytes()
     except OSError as error:
@@ -155,11 +163,11 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int) -> dic
     except BadImage as error:
         return {"kind": error.kind, "reason": str(error), "sha256": sha}
     pixels = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
-    staged = staging / f"{sha}.png"
+    staged = staging / f"{sha}{PREPARED_SUFFIXES[image_format]}"
     if not staged.exists():
         temporary = staging / f"{sha}.{os.getpid()}.tmp"
         try:
-            resize_short_side(image, image_size).save(temporary, format="PNG")
+            save_prepared(resize_short_side(image, image_size), temporary, image_format, quality)
             os.replace(temporary, staged)
         except OSError as error:
             temporary.unlink(missing_ok=True)
@@ -168,11 +176,12 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int) -> dic
     return {"sha256": sha, "pixels_sha256": pixels, "width": image.size[0], "height": image.size[1]}
 
 
-def place(item: dict, staging: Path, out: Path) -> str:
-    """Move the staged image to <out>/<split>/<class>/<stem>-<sha prefix>.png; return it relative to out."""
-    relative = Path(item["split"]) / item["label"] / f"{Path(item['source']).stem}-{item['sha256'][:10]}.png"
+def place(item: dict, staging: Path, out: Path, suffix: str) -> str:
+    """Move the staged image to <out>/<split>/<class>/<stem>-<sha prefix><suffix>; return it relative to out."""
+    name = f"{Path(item['source']).stem}-{item['sha256'][:10]}{suffix}"
+    relative = Path(item["split"]) / item["label"] / name
     (out / relative).parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging / f"{item['sha256']}.png", out / relative)
+    os.replace(staging / f"{item['sha256']}{suffix}", out / relative)
     return relative.as_posix()
 
 

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
 from stages import runtime, tracking
 from stages.cli import stage_main
-from stages.data import eval_transform, make_loader, preprocessing_spec, split_folder, train_transform
+from stages.data import eval_crop, make_loader, preprocessing_spec, split_folder, train_transform
+from stages.features import FeatureViews, backbone_features, head_of
 from stages.model import build_model, freeze_backbone, load_backbone, load_checkpoint, save_checkpoint
 from stages.outputs import write_csv, write_json
 from stages.params import Params
@@ -34,7 +40,7 @@ def run(params: Params) -> dict:
     spec = preprocessing_spec(cfg.crop_size)
     prepared = Path(params.prepare.out)
     train_set = split_folder(prepared, "train", train_transform(cfg.crop_size, cfg.crop_scale_min, cfg.hflip))
-    val_set = split_folder(prepared, "val", eval_transform(spec))
+    val_set = split_folder(prepared, "val", eval_crop(spec))
     if val_set.classes != train_set.classes:
         raise ValueError(f"{prepared}/val classes {val_set.classes} differ from train {train_set.classes}; "
                          "re-run `dvc repro prepare`")
@@ -46,10 +52,10 @@ def run(params: Params) -> dict:
     with tracking.run_status(client, run.info.run_id), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         layout = runtime.memory_format(params.runtime.channels_last)
-        history, stopper = train_model(model.to(device, memory_format=layout), train_set, val_set, params,
-                                       device, client, run.info.run_id)
+        history, stopper, trained = train_model(model.to(device, memory_format=layout), train_set, val_set,
+                                                params, device, client, run.info.run_id)
         client.set_tag(run.info.run_id, "nondeterministic_ops", json.dumps(runtime.nondeterministic_ops(caught)))
-        model.load_state_dict(stopper.best_state)
+        trained.load_state_dict(stopper.best_state)  # the head alone when it trained on cached features
         metrics = {"best_epoch": stopper.best_epoch, f"best_{cfg.monitor}": stopper.best_value,
                    "epochs_run": len(history)}
         tracking.log_epoch_metrics(client, run.info.run_id, stopper.best_epoch, metrics)
@@ -64,19 +70,48 @@ def run(params: Params) -> dict:
 
 
 def train_model(model, train_set, val_set, params: Params, device, client, run_id: str
-                ) -> tuple[list[dict], EarlyStopping]:
-    """The shared `fit` with this stage's recipe; each epoch's row goes to MLflow as it ends."""
-    cfg = params.train
-    train_loader = make_loader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed)
-    val_loader = make_loader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+                ) -> tuple[list[dict], EarlyStopping, nn.Module]:
+    """The shared `fit` with this stage's recipe; each epoch's row goes to MLflow as it ends. Returns the
+    history, the early-stopping record and the module it trained (the head alone on cached features)."""
+    cfg, layout = params.train, runtime.memory_format(params.runtime.channels_last)
+    if cfg.freeze == "backbone" and cfg.cache_features:
+        start = time.perf_counter()
+        model, train_loader, val_loader = cached_feature_loaders(model, train_set, val_set, params, device)
+        tracking.log_epoch_metrics(client, run_id, 0, {"feature_cache_s": time.perf_counter() - start})
+        layout = torch.contiguous_format
+    else:
+        train_loader = make_loader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed)
+        val_loader = make_loader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
     recipe = Recipe(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
                     warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, label_smoothing=cfg.label_smoothing,
                     monitor=cfg.monitor, patience=cfg.patience, frozen_backbone=cfg.freeze == "backbone")
 
     def log_epoch(row: dict) -> None:
         tracking.log_epoch_metrics(client, run_id, row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
-    return fit(model, train_loader, val_loader, recipe, device, on_epoch=log_epoch,
-               memory_format=runtime.memory_format(params.runtime.channels_last))
+    history, stopper = fit(model, train_loader, val_loader, recipe, device, on_epoch=log_epoch, memory_format=layout)
+    return history, stopper, model
+
+
+def cached_feature_loaders(model, train_set, val_set, params: Params, device) -> tuple[nn.Module, DataLoader,
+                                                                                       DataLoader]:
+    """(the head, loaders over cached backbone features): the backbone runs once per image and view."""
+    cfg, layout = params.train, runtime.memory_format(params.runtime.channels_last)
+    if cfg.crop_scale_min < 1.0:
+        log.warning("train.cache_features: random resized crops (crop_scale_min %s) are replaced by the center "
+                    "crop, since cached features have fixed views; set train.cache_features: false to keep them",
+                    cfg.crop_scale_min)
+    spec = preprocessing_spec(cfg.crop_size)
+    train_set.transform = eval_crop(spec)  # views are the center crop, as is and mirrored
+    loaders = [make_loader(dataset, cfg.batch_size, False, cfg.num_workers, cfg.seed)
+               for dataset in (train_set, val_set)]
+    arch = params.model.arch
+    train_views, train_targets = backbone_features(model, arch, loaders[0], device, cfg.hflip, layout)
+    val_views, val_targets = backbone_features(model, arch, loaders[1], device, False, layout)
+    log.info("cached backbone features: %d train images x %d views, %d val images", train_views.shape[1],
+             train_views.shape[0], val_views.shape[1])
+    return (head_of(model, arch),
+            make_loader(FeatureViews(train_views, train_targets), cfg.batch_size, True, 0, cfg.seed),
+            make_loader(FeatureViews(val_views, val_targets), cfg.batch_size, False, 0, cfg.seed))
 
 
 def start_run(client, params: Params, provenance: dict, environment: dict):

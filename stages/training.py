@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from stages.data import to_model_input
 from stages.model import set_train_mode
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,15 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float):
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+                   device: torch.device | None = None):
+    """SGD or AdamW over the trainable parameters; on CUDA AdamW's fused kernel (one launch per step, not one
+    per tensor)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
     if name == "sgd":
         return torch.optim.SGD(parameters, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
+    fused = device is not None and device.type == "cuda"
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused)
 
 
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int):
@@ -59,7 +64,7 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, frozen
     first_bad = torch.full((), -1, dtype=torch.int64, device=device)
     seen, start = 0, time.perf_counter()
     for batch, (images, targets) in enumerate(loader, 1):
-        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        images = to_model_input(images, device, memory_format)
         targets = targets.to(device, non_blocking=True)
         with autocast(device):
             logits = model(images)
@@ -100,7 +105,7 @@ def predict(model, loader, device, memory_format=torch.contiguous_format) -> tup
     all_logits, all_targets = [], []
     for images, targets in loader:
         with autocast(device):
-            logits = model(images.to(device, non_blocking=True, memory_format=memory_format))
+            logits = model(to_model_input(images, device, memory_format))
         all_logits.append(logits.float().cpu())
         all_targets.append(targets)
     return torch.cat(all_logits), torch.cat(all_targets)
@@ -152,7 +157,7 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torc
     """Train `model` (already on `device` in `memory_format`) up to `recipe.epochs`, validating each epoch
     when there is a `val_loader` and stopping early on no progress; returns the per-epoch history and the
     early-stopping record (None without validation)."""
-    optimizer = make_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
+    optimizer = make_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum, device)
     steps = len(train_loader)
     scheduler = make_scheduler(optimizer, recipe.warmup_epochs * steps, recipe.epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)

@@ -40,7 +40,7 @@ def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, ful
     params = load_params(ROOT / "params.yaml", overrides={"prepare": {
         "data": str(data), "test_data": str(data), "test_fraction": 0.2, "out": str(full_disk / "prepared"),
         "metrics": str(tmp_path / "prepare.json"), "image_size": 256, "min_per_class": 3, "workers": 1}})
-    with pytest.raises(OSError, match=r"cannot write .*small-disk/prepared/\.staging/.*\.png \(decoded from "
+    with pytest.raises(OSError, match=r"cannot write .*small-disk/prepared/\.staging/.*\.jpg \(decoded from "
                                       r".*photos/.*\): No space left on device\. Free space"):
         prepare.run(params)
     assert not (full_disk / "prepared" / ".staging").exists()

@@ -94,7 +94,7 @@ def test_param_change_reruns_downstream_and_each_run_is_one_version(trained_repo
         assert version.tags["model_card_sha256"] and "incomplete" not in version.tags
         mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
         model = mlflow.pyfunc.load_model(f"models:/image-classifier/{version.version}")
-        image = next((repo / "data/prepared/test").rglob("*.png"))
+        image = next((repo / "data/prepared/test").rglob("*.jpg"))
         prediction = model.predict(pandas.DataFrame({"image": [image.read_bytes()]}))
         assert prediction.loc[0, "label"] in {"blue", "green", "red"}
         assert abs(prediction[["blue", "green", "red"]].sum(axis=1)[0] - 1.0) < 1e-5

@@ -1,0 +1,76 @@
+"""The speed switches are wired in: uint8 batches normalised on the device give the serving transform's exact
+input, channels_last really reaches the model, the CUDA-only switches (fused AdamW, bf16 autocast, cuDNN
+autotuning in speed mode) are chosen for a CUDA device, and cached frozen-backbone features are exactly what the
+head sees."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from stages import runtime
+from stages.data import eval_crop, eval_transform, make_loader, preprocessing_spec, read_image, to_model_input
+from stages.features import FeatureViews, backbone_features, head_of
+from stages.imagefolder import save_prepared
+from stages.model import build_model
+from stages.training import autocast, make_optimizer
+
+CUDA = torch.device("cuda")
+
+
+def test_uint8_batches_normalised_on_the_device_equal_the_serving_transform(tmp_path):
+    pixels = torch.randint(0, 256, (20, 30, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    save_prepared(Image.fromarray(pixels.numpy()), tmp_path / "a.jpg", "jpeg", 95)
+    spec = preprocessing_spec(16)
+    image = read_image(str(tmp_path / "a.jpg"))
+    assert image.dtype == torch.uint8 and image.shape == (3, 20, 30)
+    batch = eval_crop(spec)(image).unsqueeze(0)
+    expected = eval_transform(spec)(Image.open(tmp_path / "a.jpg").convert("RGB")).unsqueeze(0)
+    assert torch.equal(to_model_input(batch, torch.device("cpu")), expected)
+    last = to_model_input(batch, torch.device("cpu"), runtime.memory_format(True))
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, expected)
+
+
+def test_cuda_only_switches_are_chosen_for_a_cuda_device():
+    model = torch.nn.Linear(3, 2)
+    assert make_optimizer(model, "adamw", 1e-3, 0.0, 0.0, CUDA).defaults["fused"] is True
+    assert not make_optimizer(model, "adamw", 1e-3, 0.0, 0.0, torch.device("cpu")).defaults["fused"]
+    cast = autocast(CUDA)
+    assert isinstance(cast, torch.autocast) and cast.device == "cuda" and cast.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast(torch.device("cpu")), torch.autocast)  # ~23x slower on these CPUs
+    saved = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.get_num_threads()
+    try:
+        runtime.pin(False, 0, CUDA)  # speed mode: autotuned cuDNN kernels
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[:2]
+        torch.set_num_threads(saved[2])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
+def test_cached_features_are_exactly_the_heads_input(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 3).eval()
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    loader = [(images[:4], torch.tensor([0, 1, 2, 0])), (images[4:], torch.tensor([1, 2]))]
+    views, targets = backbone_features(model, arch, loader, torch.device("cpu"), hflip=True)
+    assert views.shape == (2, 6, head_of(model, arch).in_features) and targets.tolist() == [0, 1, 2, 0, 1, 2]
+    with torch.no_grad():
+        plain = model(to_model_input(images, torch.device("cpu")))
+        mirrored = model(to_model_input(images.flip(-1), torch.device("cpu")))
+        head = head_of(model, arch)
+        torch.testing.assert_close(head(views[0]), plain, rtol=0, atol=1e-5)
+        torch.testing.assert_close(head(views[1]), mirrored, rtol=0, atol=1e-5)
+
+
+def test_cached_views_are_drawn_per_image_and_epoch_from_the_seed():
+    views = torch.stack([torch.zeros(40, 2), torch.ones(40, 2)])  # view 0 all zeros, view 1 all ones
+    loader = make_loader(FeatureViews(views, torch.arange(40) % 2), 8, True, 0, seed=5)
+
+    def epoch(number: int) -> torch.Tensor:
+        loader.sampler.set_epoch(number)
+        return torch.cat([features[:, 0] for features, _ in loader])
+    first = epoch(1)
+    assert torch.equal(first, epoch(1)) and not torch.equal(first, epoch(2))
+    assert 0 < first.sum() < len(first)  # both views drawn
