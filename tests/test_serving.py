@@ -49,7 +49,7 @@ def test_predict_both_runtimes_agree_and_report_unreadable_files(trained_repo, t
     repo, env = trained_repo
     folder = tmp_path / "incoming"
     folder.mkdir()
-    for image in sorted((repo / "data/prepared/test").rglob("*.png")):
+    for image in sorted((repo / "data/prepared/test").rglob("*.jpg")):
         (folder / f"{image.parent.name}-{image.name}").write_bytes(image.read_bytes())
     (folder / "broken.png").write_bytes(b"not a png")
     (folder / "notes.txt").write_text("hello")
@@ -78,7 +78,7 @@ def test_swapped_export_file_is_refused_before_loading(trained_repo, tmp_path):
     copy = tmp_path / "export"
     shutil.copytree(repo / "models/export", copy)
     (copy / "model.pt2").write_bytes((copy / "model.pt2").read_bytes() + b"payload")
-    image = next((repo / "data/prepared/test").rglob("*.png"))
+    image = next((repo / "data/prepared/test").rglob("*.jpg"))
     result = subprocess.run([sys.executable, "-m", "stages.predict", str(copy), str(image), "--runtime", "torch"],
                             cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "model.pt2 does not match its model card" in result.stderr
@@ -123,7 +123,7 @@ def serve(command: list[str], repo, env, port: int) -> subprocess.Popen:
 
 def test_hardened_server_reads_only_the_image_sent(trained_repo):
     repo, env = trained_repo
-    image = sorted((repo / "data/prepared/test").rglob("*.png"))[0]
+    image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
     expected = predict(repo, env, "models/export", str(image))[str(image)]
     port = free_port()
     server = serve([sys.executable, "-m", "stages.serve", registered(repo), "--port", str(port),
