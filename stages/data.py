@@ -119,6 +119,45 @@ def split_folder(prepared: str | Path, split: str, transform) -> datasets.ImageF
     return dataset
 
 
+class DecodedImages(Dataset):
+    """An ImageFolder decoded once into uint8 tensors in RAM (`train.cache_images`): later epochs only crop and
+    flip. The same pixels and the same transform as reading the files, so the same batches. Worker processes
+    share the tensors (fork, copy-on-write)."""
+
+    def __init__(self, dataset: datasets.ImageFolder, num_workers: int):
+        check_memory(dataset.loader(dataset.samples[0][0]).numel() * len(dataset), dataset.root)
+        transform, dataset.transform = dataset.transform, None
+        loader = DataLoader(dataset, batch_size=64, num_workers=default_workers() if num_workers < 0 else num_workers,
+                            collate_fn=list)
+        try:
+            # clone: a tensor from a worker lives in shared memory holding a file descriptor, one per image
+            self.images = [image.clone() for batch in loader for image, _ in batch]
+        finally:
+            dataset.transform = transform
+        self.targets, self.transform = [target for _, target in dataset.samples], transform
+        self.classes, self.root, self.samples = dataset.classes, dataset.root, dataset.samples
+        self.nbytes = sum(image.numel() for image in self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.images[index]), self.targets[index]
+
+
+def check_memory(needed: int, root: str) -> None:
+    """Refuse a RAM cache estimated at more than half of the memory available now (Linux; elsewhere: no check)."""
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.is_file():
+        return
+    available = next((int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
+                      if line.startswith("MemAvailable:")), None)
+    if available and needed > available // 2:
+        raise ValueError(f"train.cache_images: decoding {root} would take about {needed / 2**30:.1f} GiB, more than "
+                         f"half of the {available / 2**30:.1f} GiB available; set train.cache_images: false "
+                         "(or a smaller prepare.image_size)")
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The augmentation seed of one image in one epoch (index -1: the epoch's shuffle)."""
     return int(np.random.SeedSequence([seed, epoch, index + 1]).generate_state(1)[0])

@@ -97,6 +97,8 @@ class TrainParams:
     device: str = choice("auto", "cpu", "cuda")
     freeze: str = choice("none", "backbone")
     cache_features: bool
+    cache_images: bool
+    compile: bool
     optimizer: str = choice("adamw", "sgd")
     lr: float = number(0.0, 10.0)
     weight_decay: float = number(0.0, None)

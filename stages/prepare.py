@@ -33,7 +33,11 @@ from stages.splits import (
 )
 
 log = logging.getLogger("prepare")
-MANIFEST_FIELDS = ["origin", "source", "class", "split", "sha256", "pixels_sha256", "file", "width", "height"]
+# sha256: the input file's; file_sha256: the prepared file's. The manifest changes whenever any prepared image
+# does, so the stages after prepare depend on it alone, not on thousands of files (DVC checks those once, as
+# prepare's output).
+MANIFEST_FIELDS = ["origin", "source", "class", "split", "sha256", "pixels_sha256", "file", "file_sha256", "width",
+                   "height"]
 EXCLUDED_FIELDS = ["origin", "source", "class", "kind", "reason", "sha256"]
 
 
@@ -164,7 +168,7 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_
         return {"kind": error.kind, "reason": str(error), "sha256": sha}
     pixels = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
     staged = staging / f"{sha}{PREPARED_SUFFIXES[image_format]}"
-    if not staged.exists():
+    if not staged.exists():  # the same file twice (a duplicate) is decoded and written once
         temporary = staging / f"{sha}.{os.getpid()}.tmp"
         try:
             save_prepared(resize_short_side(image, image_size), temporary, image_format, quality)
@@ -173,7 +177,8 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_
             temporary.unlink(missing_ok=True)
             raise OSError(error.errno, f"cannot write {staged} (decoded from {path}): {error.strerror or error}. "
                                        "Free space on the disk of prepare.out, then run the stage again") from None
-    return {"sha256": sha, "pixels_sha256": pixels, "width": image.size[0], "height": image.size[1]}
+    return {"sha256": sha, "pixels_sha256": pixels, "file_sha256": hashlib.sha256(staged.read_bytes()).hexdigest(),
+            "width": image.size[0], "height": image.size[1]}
 
 
 def place(item: dict, staging: Path, out: Path, suffix: str) -> str:

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from stages import runtime, tracking
 from stages.cli import stage_main
-from stages.data import eval_crop, make_loader, preprocessing_spec, split_folder, train_transform
+from stages.data import DecodedImages, eval_crop, make_loader, preprocessing_spec, split_folder, train_transform
 from stages.features import FeatureViews, backbone_features, head_of
 from stages.model import build_model, freeze_backbone, load_backbone, load_checkpoint, save_checkpoint
 from stages.outputs import write_csv, write_json
@@ -80,6 +80,11 @@ def train_model(model, train_set, val_set, params: Params, device, client, run_i
         tracking.log_epoch_metrics(client, run_id, 0, {"feature_cache_s": time.perf_counter() - start})
         layout = torch.contiguous_format
     else:
+        if cfg.cache_images:
+            start = time.perf_counter()
+            train_set, val_set = (DecodedImages(dataset, cfg.num_workers) for dataset in (train_set, val_set))
+            log.info("decoded %d images into RAM (%.0f MiB) in %.1f s", len(train_set) + len(val_set),
+                     (train_set.nbytes + val_set.nbytes) / 2**20, time.perf_counter() - start)
         train_loader = make_loader(train_set, cfg.batch_size, True, cfg.num_workers, cfg.seed)
         val_loader = make_loader(val_set, cfg.batch_size, False, cfg.num_workers, cfg.seed)
     recipe = Recipe(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
@@ -88,7 +93,8 @@ def train_model(model, train_set, val_set, params: Params, device, client, run_i
 
     def log_epoch(row: dict) -> None:
         tracking.log_epoch_metrics(client, run_id, row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
-    history, stopper = fit(model, train_loader, val_loader, recipe, device, on_epoch=log_epoch, memory_format=layout)
+    history, stopper = fit(model, train_loader, val_loader, recipe, device, on_epoch=log_epoch, memory_format=layout,
+                           compile_model=cfg.compile)
     return history, stopper, model
 
 

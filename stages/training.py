@@ -152,11 +152,13 @@ class Recipe:
 
 
 def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torch.device,
-        on_epoch: Callable[[dict], None] | None = None, memory_format=torch.contiguous_format
-        ) -> tuple[list[dict], EarlyStopping | None]:
+        on_epoch: Callable[[dict], None] | None = None, memory_format=torch.contiguous_format,
+        compile_model: bool = False) -> tuple[list[dict], EarlyStopping | None]:
     """Train `model` (already on `device` in `memory_format`) up to `recipe.epochs`, validating each epoch
     when there is a `val_loader` and stopping early on no progress; returns the per-epoch history and the
-    early-stopping record (None without validation)."""
+    early-stopping record (None without validation). `compile_model`: steps run through torch.compile (the
+    first epoch pays the compilation); `model` itself stays unwrapped, so its state saves as usual."""
+    forward = torch.compile(model) if compile_model else model
     optimizer = make_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum, device)
     steps = len(train_loader)
     scheduler = make_scheduler(optimizer, recipe.warmup_epochs * steps, recipe.epochs * steps)
@@ -166,11 +168,11 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torc
     for epoch in range(1, recipe.epochs + 1):
         train_loader.sampler.set_epoch(epoch)
         lr = optimizer.param_groups[0]["lr"]
-        trained = train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler, device,
+        trained = train_one_epoch(forward, train_loader, loss_fn, optimizer, scheduler, device,
                                   recipe.frozen_backbone, epoch, memory_format=memory_format)
         row = {"epoch": epoch, "train_loss": trained["loss"], "train_accuracy": trained["accuracy"]}
         if val_loader is not None:
-            validated = evaluate(model, val_loader, loss_fn, device, memory_format)
+            validated = evaluate(forward, val_loader, loss_fn, device, memory_format)
             row |= {"val_loss": validated["loss"], "val_accuracy": validated["accuracy"]}
         row |= {"lr": lr, "images_per_s": trained["images_per_s"]}
         history.append(row)

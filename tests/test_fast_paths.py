@@ -10,11 +10,22 @@ import torch
 from PIL import Image
 
 from stages import runtime
-from stages.data import eval_crop, eval_transform, make_loader, preprocessing_spec, read_image, to_model_input
+from stages.data import (
+    DecodedImages,
+    check_memory,
+    eval_crop,
+    eval_transform,
+    image_folder,
+    make_loader,
+    preprocessing_spec,
+    read_image,
+    to_model_input,
+    train_transform,
+)
 from stages.features import FeatureViews, backbone_features, head_of
 from stages.imagefolder import save_prepared
 from stages.model import build_model
-from stages.training import autocast, make_optimizer
+from stages.training import Recipe, autocast, fit, make_optimizer
 
 CUDA = torch.device("cuda")
 
@@ -74,3 +85,38 @@ def test_cached_views_are_drawn_per_image_and_epoch_from_the_seed():
     first = epoch(1)
     assert torch.equal(first, epoch(1)) and not torch.equal(first, epoch(2))
     assert 0 < first.sum() < len(first)  # both views drawn
+
+
+def test_images_decoded_into_ram_give_the_same_batches_as_the_files(tiny_folder):
+    dataset = image_folder(str(tiny_folder), train_transform(12, 0.5, True), read_image)
+    cached = DecodedImages(dataset, num_workers=2)
+    assert len(cached) == len(dataset) == 36 and cached.nbytes == 36 * 3 * 16 * 16
+
+    def epoch(data, workers: int) -> list[torch.Tensor]:
+        loader = make_loader(data, 8, True, workers, seed=3)
+        loader.sampler.set_epoch(2)
+        return [images for images, _ in loader]
+    assert all(torch.equal(a, b) for a, b in zip(epoch(dataset, 0), epoch(cached, 2)))
+    with pytest.raises(ValueError, match=r"train.cache_images: decoding .* more than half"):
+        check_memory(2**62, "data/prepared/train")
+
+
+def test_compiled_training_steps_leave_the_model_unwrapped():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    data = [(torch.randint(0, 256, (4, 3, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))] * 2
+    recipe = Recipe(optimizer="adamw", lr=0.1, weight_decay=0.0, momentum=0.0, warmup_epochs=0, epochs=2,
+                    label_smoothing=0.0, monitor=None, patience=2, frozen_backbone=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    history, _ = fit(model, FixedOrder(data), None, recipe, torch.device("cpu"), compile_model=True)
+    assert len(history) == 2 and list(model.state_dict()) == ["1.weight", "1.bias"]  # no `_orig_mod.` prefix
+    assert not torch.equal(model.state_dict()["1.weight"], before["1.weight"])  # the compiled steps trained it
+
+
+class FixedOrder(list):
+    """Pre-made batches with the sampler seam `fit` calls each epoch."""
+
+    class sampler:  # noqa: N801
+        @staticmethod
+        def set_epoch(epoch: int) -> None:
+            pass

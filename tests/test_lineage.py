@@ -46,7 +46,7 @@ def test_same_inputs_same_bytes_and_lineage_catches_swaps(trained_repo):
     original = split_file.read_bytes()
     split_file.write_bytes((repo / "data/target/green/img000.png").read_bytes())
     broken = lineage(repo, env)
-    assert broken.returncode == 1 and "data/prepared/train: modified" in broken.stdout
+    assert broken.returncode == 1 and "data/prepared: modified" in broken.stdout
 
     # the same file made unreadable: the train stage names it, even from a DataLoader worker process
     split_file.write_bytes(b"no longer an image")
