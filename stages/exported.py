@@ -50,6 +50,8 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, path: Path) ->
     from torch.fx.experimental.optimization import fuse
     program = torch.export.export(fuse(model.eval()), (example,),
                                   dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    for node in program.graph.nodes:  # provenance of the folding pass names Python object ids: new bytes each run
+        node.meta.pop("from_node", None)
     write_serialized(path, lambda buffer: torch.export.save(program, buffer))
 
 

@@ -36,7 +36,7 @@ def full_disk(tmp_path):
 
 
 def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, full_disk):
-    data = make_image_folder(tmp_path / "photos", {"a": 6, "b": 6}, size=256)  # noise PNGs, ~200 KB each
+    data = make_image_folder(tmp_path / "photos", {"a": 12, "b": 12}, size=256)  # noise: ~80 KB a prepared JPEG
     params = load_params(ROOT / "params.yaml", overrides={"prepare": {
         "data": str(data), "test_data": str(data), "test_fraction": 0.2, "out": str(full_disk / "prepared"),
         "metrics": str(tmp_path / "prepare.json"), "image_size": 256, "min_per_class": 3, "workers": 1}})

@@ -22,6 +22,7 @@ from stages.data import (
     to_model_input,
     train_transform,
 )
+from stages.exported import export_program
 from stages.features import FeatureViews, backbone_features, head_of
 from stages.imagefolder import save_prepared
 from stages.model import build_model
@@ -120,3 +121,16 @@ class FixedOrder(list):
         @staticmethod
         def set_epoch(epoch: int) -> None:
             pass
+
+
+def test_exported_program_is_folded_and_the_same_bytes_every_time(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).eval()
+    example = torch.randn(2, 3, 16, 16)
+    export_program(model, example, tmp_path / "a.pt2")
+    export_program(model, example, tmp_path / "b.pt2")  # same model, same bytes: the card's hash is stable
+    assert (tmp_path / "a.pt2").read_bytes() == (tmp_path / "b.pt2").read_bytes()
+    program = torch.export.load(tmp_path / "a.pt2")
+    assert not any("batch_norm" in str(node.target) for node in program.graph.nodes)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(example), model(example), rtol=0, atol=1e-5)
