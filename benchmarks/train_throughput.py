@@ -5,8 +5,8 @@ CPU:  PYTHONPATH=. python benchmarks/train_throughput.py
 GPU:  PYTHONPATH=. python benchmarks/train_throughput.py --arch resnet50 --batch 256 --images 8192 --device cuda
 
 It makes its own data: JPEG photos of about 500x375 (q90, 10 classes), cut and colour-shifted from photos that
-installed packages ship (scikit-learn, matplotlib, scikit-image), or from --photos DIR. The prepared copy is
-what `prepare` writes (short side --prepared-size, JPEG q95), and a PNG copy to compare formats.
+installed packages ship (scikit-learn, matplotlib, scikit-image; else benchmarks/photos/), or from --photos DIR.
+The prepared copy is what `prepare` writes (short side --prepared-size, JPEG q95), and a PNG copy to compare.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from stages.training import make_optimizer, make_scheduler, seed_everything, tra
 PACKAGE_PHOTOS = {"sklearn": ["datasets/images/china.jpg", "datasets/images/flower.jpg"],
                   "matplotlib": ["mpl-data/sample_data/grace_hopper.jpg"],
                   "skimage": ["data/astronaut.png", "data/coffee.png", "data/chelsea.png", "data/rocket.jpg"]}
+SHIPPED = Path(__file__).parent / "photos"  # a public-domain photo, for machines whose packages ship none
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}  # dense, from the data sheets
 CLASSES = 10
 
@@ -190,9 +191,9 @@ def main() -> None:
     seed_everything(0)
     workers = args.workers if args.workers >= 0 else default_workers()
     prepared_size = args.prepared_size or round(args.size * 256 / 224)
-    photos = sorted(args.photos.glob("*.*")) if args.photos else package_photos()
+    photos = sorted(args.photos.glob("*.jpg")) if args.photos else package_photos() or sorted(SHIPPED.glob("*.jpg"))
     if not photos:
-        raise SystemExit("no source photos: install scikit-learn or matplotlib, or pass --photos DIR")
+        raise SystemExit(f"no source photos in {args.photos or SHIPPED}: pass --photos DIR (a folder of JPEGs)")
     layout = torch.channels_last
     figures: dict = {"arch": args.arch, "size": args.size, "prepared_size": prepared_size, "batch": args.batch,
                      "images": args.images, "workers": workers, "device": str(device), "pinned": args.pinned,
