@@ -31,7 +31,7 @@ from torchvision import datasets, transforms
 from torchvision.models import get_model
 
 from stages import runtime
-from stages.data import DecodedImages, default_workers, image_folder, make_loader, read_image, train_transform
+from stages.data import DecodedImages, image_folder, make_loader, read_image, train_transform, worker_count
 from stages.features import FeatureViews, backbone_features, head_of
 from stages.imagefolder import resize_short_side, save_prepared
 from stages.model import freeze_backbone
@@ -189,7 +189,7 @@ def main() -> None:
     device = runtime.resolve_device(args.device)
     runtime.pin(args.pinned, args.threads, device)  # on CUDA without --pinned: cudnn.benchmark on
     seed_everything(0)
-    workers = args.workers if args.workers >= 0 else default_workers()
+    workers = worker_count(args.workers)
     prepared_size = args.prepared_size or round(args.size * 256 / 224)
     photos = sorted(args.photos.glob("*.jpg")) if args.photos else package_photos() or sorted(SHIPPED.glob("*.jpg"))
     if not photos:

@@ -20,4 +20,6 @@ ARCHITECTURES = {
     "resnet101": Architecture(head="fc", features=2048, cam_layer="layer4"),
     "resnet152": Architecture(head="fc", features=2048, cam_layer="layer4"),
     "efficientnet_b0": Architecture(head="classifier.1", features=1280, cam_layer="features.8"),
+    "convnext_tiny": Architecture(head="classifier.2", features=768, cam_layer="features.7"),
+    "mobilenet_v3_small": Architecture(head="classifier.3", features=1024, cam_layer="features.12"),
 }

@@ -27,7 +27,9 @@ def _terminate(signum, frame) -> None:
 
 def stage_main(run: Callable[[Params], dict], uses_torch: bool = True) -> None:
     """Run a stage as a process. Torch is set up (runtime.pin) before the stage touches a tensor."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None  # a torchrun rank
+    logging.basicConfig(level=logging.INFO if rank in (None, "0") else logging.WARNING,
+                        format=f"%(asctime)s {'' if rank is None else f'[rank {rank}] '}%(name)s %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
     try:
         params = load_params()

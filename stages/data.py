@@ -50,9 +50,11 @@ def read_image(path: str) -> torch.Tensor:
             "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)") from error
 
 
-def default_workers() -> int:
-    """Loader processes when train.num_workers is -1: one per core this process may use, less one for the
-    main process that drives the model, capped at 16."""
+def worker_count(num_workers: int) -> int:
+    """Loader processes for `train.num_workers`: -1 is one per core this process may use, less one for the main
+    process that drives the model, at most 16."""
+    if num_workers >= 0:
+        return num_workers
     return max(1, min(16, len(os.sched_getaffinity(0)) - 1))
 
 
@@ -127,8 +129,7 @@ class DecodedImages(Dataset):
     def __init__(self, dataset: datasets.ImageFolder, num_workers: int):
         check_memory(dataset.loader(dataset.samples[0][0]).numel() * len(dataset), dataset.root)
         transform, dataset.transform = dataset.transform, None
-        loader = DataLoader(dataset, batch_size=64, num_workers=default_workers() if num_workers < 0 else num_workers,
-                            collate_fn=list)
+        loader = DataLoader(dataset, batch_size=64, num_workers=worker_count(num_workers), collate_fn=list)
         try:
             # clone: a tensor from a worker lives in shared memory holding a file descriptor, one per image
             self.images = [image.clone() for batch in loader for image, _ in batch]
@@ -165,23 +166,34 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class EpochSampler(Sampler):
     """One epoch's order, each index paired with its own augmentation seed, both derived from (seed, epoch,
-    index) alone: which worker, how many workers, or where a run resumed cannot change an image's crop."""
+    index) alone: which worker, how many workers, or where a run resumed cannot change an image's crop.
 
-    def __init__(self, size: int, shuffle: bool, seed: int):
-        self.size, self.shuffle, self.seed, self.epoch = size, shuffle, seed, 0
+    Across `world` processes it is DistributedSampler's split: the order is padded to a multiple of `world`
+    (repeating its first indices) and rank r takes every world-th index from r, so one step of `world` ranks
+    with batch b sees the images one process with batch `world * b` would. Unshuffled (evaluation), nothing is
+    padded: no image counts twice. `set_epoch(epoch, skip)` starts the epoch `skip` indices in (a resumed run)."""
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
+        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
+        self.epoch, self.skip = 0, 0
 
-    def __len__(self) -> int:
-        return self.size
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
 
-    def __iter__(self):
-        order = range(self.size)
+    def _indices(self) -> list[int]:
+        order = list(range(self.size))
         if self.shuffle:
             generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
             order = torch.randperm(self.size, generator=generator).tolist()
-        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in order])
+            order += order[:(self.world - self.size % self.world) % self.world]
+        return order[self.rank::self.world]
+
+    def __len__(self) -> int:
+        shard = -(-self.size // self.world) if self.shuffle else len(range(self.rank, self.size, self.world))
+        return max(0, shard - self.skip)
+
+    def __iter__(self):
+        return iter([(i, sample_seed(self.seed, self.epoch, i)) for i in self._indices()[self.skip:]])
 
 
 class SeededAugmentation(Dataset):
@@ -206,13 +218,15 @@ class SeededAugmentation(Dataset):
             generator.set_state(state)
 
 
-def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int) -> DataLoader:
-    """Batches of `dataset`; with `shuffle` (training) a seeded order and per-image augmentation seeds, and the
-    last batch dropped when partial (a batch of one breaks BatchNorm). Call `loader.sampler.set_epoch(epoch)`.
-    `num_workers` -1: `default_workers()`."""
-    num_workers = default_workers() if num_workers < 0 else num_workers
-    sampler = EpochSampler(len(dataset), shuffle, seed)
-    drop_last = shuffle and len(dataset) > batch_size
+def make_loader(dataset, batch_size: int, shuffle: bool, num_workers: int, seed: int, rank: int = 0,
+                world: int = 1) -> DataLoader:
+    """Batches of `dataset` (this rank's share of them); with `shuffle` (training) a seeded order and per-image
+    augmentation seeds, and the last batch dropped when partial (a batch of one breaks BatchNorm). Call
+    `loader.sampler.set_epoch(epoch)`. The loader draws its workers' seeds from a generator of its own, never
+    from torch's global one, which dropout in the model draws from. `num_workers`: see `worker_count`."""
+    num_workers = worker_count(num_workers)
+    sampler = EpochSampler(len(dataset), shuffle, seed, rank, world)
+    drop_last = shuffle and len(sampler) > batch_size
     return DataLoader(SeededAugmentation(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,
                       num_workers=num_workers, persistent_workers=num_workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(seed))

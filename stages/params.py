@@ -88,9 +88,25 @@ class PretrainParams:
 
 
 @dataclass(frozen=True)
+class DistributedParams:
+    nnodes: int = number(1, 4096)
+    nproc_per_node: int = number(1, 1024)
+    master_addr: str
+    master_port: int = number(1, 65535)
+    backend: str = choice("auto", "gloo", "nccl")
+    timeout: float = number(10.0, 86400.0)
+
+    @property
+    def processes(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+
+@dataclass(frozen=True)
 class TrainParams:
     out: str
     run: str
+    checkpoint: str
+    checkpoint_every: int = number(0, None)
     plots: str
     metrics: str
     experiment: str
@@ -114,6 +130,7 @@ class TrainParams:
     patience: int = number(1, None)
     num_workers: int = number(-1, 64)
     seed: int = number(0, None)
+    distributed: DistributedParams
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,7 @@ class Params:
         return {"runtime.fingerprints": fingerprints, "prepare.out": p.prepare.out,
                 "prepare.metrics": p.prepare.metrics, "pretrain.out": p.pretrain.out,
                 "pretrain.metrics": p.pretrain.metrics, "train.out": p.train.out, "train.run": p.train.run,
+                "train.checkpoint": p.train.checkpoint,
                 "train.plots": p.train.plots, "train.metrics": p.train.metrics, "evaluate.metrics": p.evaluate.metrics,
                 "evaluate.plots": p.evaluate.plots, "export.out": p.export.out}
 

@@ -191,6 +191,26 @@ def mark_orphaned_runs(client: MlflowClient, experiment: str, found_by: str) -> 
     return sum(mark_if_orphaned(client, run, found_by) for run in runs)
 
 
+def continue_run(client: MlflowClient, run_id: str, note: str) -> None:
+    """Make a killed train's run RUNNING again under this process (a resumed checkpoint goes on in the run it
+    started). A run whose process is still alive is refused: two trainings would write into one run."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as error:
+        raise RuntimeError(f"the checkpoint's MLflow run {run_id} is not in {tracking_uri()} ({error.message[:200]}); "
+                           "delete the checkpoint (train.checkpoint) to start a fresh run") from error
+    mark_if_orphaned(client, run, "train")
+    if client.get_run(run_id).info.status == "RUNNING":
+        raise RuntimeError(f"MLflow run {run_id} is RUNNING in process {run.data.tags.get('process.pid')} on "
+                           f"{run.data.tags.get('process.host')}: another train is using this checkpoint; stop it "
+                           "first")
+    client.update_run(run_id, status="RUNNING")
+    earlier = client.get_run(run_id).data.tags.get("status_note", "")
+    for key, value in {**process_tags(), "status_note": f"{note} by process {os.getpid()}" +
+                       (f" (before: {earlier})" if earlier else "")}.items():
+        client.set_tag(run_id, key, value)
+
+
 def reopen(client: MlflowClient, run_file: str | Path, stage: str):
     """The run named by `train.run` (models/run.json), for a later stage to add to without changing its
     status; a run left RUNNING by a killed train is marked KILLED first."""

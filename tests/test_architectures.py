@@ -10,7 +10,15 @@ from stages.architectures import ARCHITECTURES
 from stages.model import build_model, freeze_backbone, head_classes, load_backbone
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_every_row_names_layers_the_model_has(arch):
+    with torch.device("meta"):  # no memory, no init: the table's names and widths only
+        model = build_model(arch, 3)
+    assert model.get_submodule(ARCHITECTURES[arch].head).in_features == ARCHITECTURES[arch].features
+    assert isinstance(model.get_submodule(ARCHITECTURES[arch].cam_layer), torch.nn.Module)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "convnext_tiny"])  # one of each family
 def test_table_row_is_enough_to_fine_tune(arch):
     facts = ARCHITECTURES[arch]
     source = build_model(arch, 10)

@@ -45,6 +45,7 @@ def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pi
     client.search_experiments()  # the store exists before any train process starts
 
     def start(name: str) -> tuple[subprocess.Popen, Path]:
+        (repo / "models/checkpoint.pt").unlink(missing_ok=True)  # a new run each time, not a resumed one
         log = tmp_path / f"{name}.log"
         with open(log, "w") as out:
             return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=env,

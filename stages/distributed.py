@@ -1,0 +1,142 @@
+"""Training on several processes with PyTorch's own engine: torchrun starts them, DistributedDataParallel keeps
+their weights in step, and the loop needs four collectives (sum, agree, broadcast, barrier). A process that
+torchrun did not start is a world of one, where every helper is a no-op. Torch only.
+
+Rank 0 is the only writer (checkpoint, model, metrics, MLflow run); every rank computes. With static rendezvous
+rank 0 lives on node 0, the node where `dvc repro` runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger("distributed")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the training processes."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        """The one process that writes files and talks to MLflow."""
+        return self.rank == 0
+
+
+def launched() -> bool:
+    """True inside a process that torchrun started (it sets LOCAL_RANK, RANK and WORLD_SIZE)."""
+    return "LOCAL_RANK" in os.environ
+
+
+def current() -> World:
+    """This process's world from torchrun's environment (a world of one outside torchrun)."""
+    if not launched():
+        return World()
+    return World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+
+
+def init(backend: str, device: torch.device, timeout_s: float) -> tuple[World, torch.device]:
+    """Join the process group (under torchrun); returns the world and this rank's device (its own GPU). A rank
+    that waits longer than `timeout_s` for the others in any collective fails instead of hanging."""
+    world = current()
+    if world.size == 1:
+        return world, device
+    if device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(device)
+    if backend == "auto":
+        backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    log.info("rank %d of %d (local rank %d, pid %d) on %s over %s", world.rank, world.size, world.local_rank,
+             os.getpid(), device, backend)
+    return world, device
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around `model` in a world of several processes; `model` itself otherwise. The
+    caller keeps `model` (torchvision references' `model_without_ddp`) to save and to load state into."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return model
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def sum_all(values: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of `values` over every rank (the tensor itself in a world of one)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def agree(flag: bool, device: torch.device) -> bool:
+    """Rank 0's decision, on every rank: early stopping stops all of them at the same epoch."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    decision = torch.tensor([int(flag)], device=device)
+    dist.broadcast(decision, src=0)
+    return bool(decision.item())
+
+
+def broadcast_object(value):
+    """Rank 0's `value` on every rank (a checkpoint to resume from, which only node 0 may have on disk)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def torchrun_command(module: str, nnodes: int, nproc_per_node: int, master_addr: str, master_port: int,
+                     node_rank: int = 0) -> list[str]:
+    """The torchrun line that runs `python -m module` on this node: static rendezvous (rank 0 on node 0), no
+    restarts (a failed rank fails the stage; re-running it resumes from the checkpoint)."""
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}",
+            f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
+            "--max_restarts=0", "-m", module]
+
+
+class DistributedRunFailed(RuntimeError):
+    """A rank exited with an error or was killed; torchrun stopped the others."""
+
+
+def run_under_torchrun(command: list[str]) -> None:
+    """Run the stage's ranks through torchrun from this (launcher) process, which itself does no work. A
+    SIGTERM or Ctrl-C here is passed on to torchrun, which stops every rank."""
+    log.info("launching: %s", " ".join(command[1:]))
+    process = subprocess.Popen(command)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+        raise
+    if code != 0:
+        raise DistributedRunFailed(
+            f"distributed training failed: torchrun exited with code {code} (its report above names the rank, its "
+            "exit code or signal, and the host). Fix the cause and run the stage again: it resumes from the "
+            "last checkpoint (train.checkpoint)")
+

@@ -1,0 +1,142 @@
+"""A train stage killed mid-epoch resumes from its checkpoint to the very bytes of a run never killed, in the same
+MLflow run, on one process and on two torchrun processes (gloo), where a killed rank fails the stage quickly."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from stages.data import EpochSampler
+from stages.train import resume_blockers
+from stages.train_state import load_state
+from tests.conftest import digest, run, set_param
+
+EPOCHS = 3
+
+
+def configure(repo: Path, processes: int) -> None:
+    """Whole-network fine-tuning of a small model with dropout (the RNG a resume must put back), checkpointed
+    after every step, on `processes` torchrun ranks sharing a global batch of 8."""
+    set_param(repo, "model", "arch", "mobilenet_v3_small")
+    set_param(repo, "runtime", "threads", 1)  # one core per rank: 2 cores here
+    for key, value in {"freeze": "none", "cache_features": False, "epochs": EPOCHS, "patience": EPOCHS,
+                       "batch_size": 8 // processes, "checkpoint_every": 1, "lr": 0.001,
+                       "num_workers": 1 if processes == 1 else 0}.items():
+        set_param(repo, "train", key, value)
+    set_param(repo, "train", "distributed", {"nnodes": 1, "nproc_per_node": processes, "master_addr": "127.0.0.1",
+                                             "master_port": free_port(), "backend": "gloo", "timeout": 60})
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(log: Path, pattern: str, process: subprocess.Popen, seconds: float = 240) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if re.search(pattern, log.read_text()):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"the stage exited {process.returncode} before '{pattern}':\n{log.read_text()}")
+        time.sleep(0.05)
+    raise AssertionError(f"no '{pattern}' within {seconds} s:\n{log.read_text()}")
+
+
+def rank_pid(repo: Path, rank: int) -> int:
+    """The process torchrun started as `rank` for this repository's train stage."""
+    for entry in Path("/proc").iterdir():
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if f"RANK={rank}".encode() in environ and (entry / "cwd").resolve() == repo.resolve() \
+                    and b"stages.train" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError):
+            continue
+    raise AssertionError(f"no rank {rank} process of {repo}")
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("processes", [1, 2])
+def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, tmp_path, processes):
+    repo, env = pipeline_repo
+    configure(repo, processes)
+    first = run(["dvc", "repro", "train"], repo, env)  # prepare, pretrain and an uninterrupted train
+    assert (f"rank 0 of {processes}" in first.stdout + first.stderr) == (processes > 1)
+    reference = digest(repo / "models/model.pt")
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    uninterrupted = load_state(repo / "models/checkpoint.pt")
+    assert uninterrupted.finished and len(uninterrupted.history) == EPOCHS
+
+    log = tmp_path / "killed.log"
+    with open(log, "w") as out:  # its own session: the kill takes dvc and every process under it
+        killed = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"], cwd=repo, env=env,
+                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for(log, r"checkpoint: epoch 2 step 1", killed)
+    if processes == 1:
+        os.killpg(killed.pid, signal.SIGKILL)  # mid-epoch: no handler runs, nothing is flushed
+        killed.wait(timeout=30)
+    else:
+        os.kill(rank_pid(repo, 1), signal.SIGKILL)  # one rank dies; the stage must fail, not hang
+        start = time.monotonic()
+        assert killed.wait(timeout=90) != 0
+        failed_after = time.monotonic() - start
+        output = log.read_text()
+        assert "distributed training failed: torchrun exited with code" in output, output
+        assert re.search(r"rank\s+: 1 \(local_rank: 1\)\s+exitcode\s+: -9", output), output  # names the rank
+        assert failed_after < 60, f"the stage took {failed_after:.0f} s to fail after a rank was killed"
+    state = load_state(repo / "models/checkpoint.pt")
+    assert not state.finished and (state.epoch, state.step) >= (2, 1)
+    assert state.meta["run_id"] != uninterrupted.meta["run_id"]  # the forced run started a run of its own
+    assert client.get_run(state.meta["run_id"]).info.status != "FINISHED"  # KILLED, FAILED (its peer died), RUNNING
+
+    resumed = run(["dvc", "repro", "train"], repo, env)
+    output = resumed.stdout + resumed.stderr
+    assert f"resuming from models/checkpoint.pt: epoch {state.epoch}, step {state.step}" in output, output
+    assert digest(repo / "models/model.pt") == reference  # as if it had never stopped
+    final = load_state(repo / "models/checkpoint.pt")
+    assert final.finished and final.meta["run_id"] == state.meta["run_id"]
+    continued = client.get_run(state.meta["run_id"])
+    assert continued.info.status == "FINISHED" and "resumed at epoch" in continued.data.tags["status_note"]
+    for metric in ("train_loss", "val_accuracy"):  # every epoch once, none twice
+        assert [m.step for m in client.get_metric_history(continued.info.run_id, metric)] == list(range(1, EPOCHS + 1))
+    assert run(["dvc", "status", "train"], repo, env).stdout.strip().endswith("up to date.")
+
+
+def test_changed_inputs_block_a_resume_and_say_which():
+    old = {"params": {"train.lr": 0.01, "train.epochs": 30}, "data": "a", "weights": "w", "code": "c"}
+    assert resume_blockers(old, old) == []
+    new = {"params": {"train.lr": 0.02, "train.epochs": 30}, "data": "b", "weights": "w", "code": "d"}
+    assert resume_blockers(old, new) == ["params changed: train.lr 0.01 -> 0.02",
+                                         "the prepared data changed (manifest.csv)",
+                                         "the code changed (stages/*.py)"]
+
+
+@pytest.mark.parametrize("size", [37, 40])
+def test_two_ranks_of_batch_b_see_what_one_process_of_batch_2b_sees(size):
+    """DistributedSampler's split: step t of two ranks covers the images of one process's step t."""
+    one = EpochSampler(size, True, seed=3)
+    ranks = [EpochSampler(size, True, seed=3, rank=r, world=2) for r in (0, 1)]
+    for sampler in [one, *ranks]:
+        sampler.set_epoch(5)
+    single = [i for i, _ in one]
+    shards = [[i for i, _ in sampler] for sampler in ranks]
+    assert len(shards[0]) == len(shards[1]) == len(ranks[0]) == (size + 1) // 2
+    batch = 4
+    for step in range(size // (2 * batch)):
+        together = sorted(shards[0][step * batch:(step + 1) * batch] + shards[1][step * batch:(step + 1) * batch])
+        assert together == sorted(single[step * 2 * batch:(step + 1) * 2 * batch])
+    evaluation = [EpochSampler(size, False, seed=0, rank=r, world=2) for r in (0, 1)]
+    assert sorted(i for sampler in evaluation for i, _ in sampler) == list(range(size))  # no image twice
+    resumed = EpochSampler(size, True, seed=3, rank=1, world=2)
+    resumed.set_epoch(5, skip=batch)
+    assert [i for i, _ in resumed] == shards[1][batch:] and len(resumed) == len(shards[1]) - batch
