@@ -1,0 +1,153 @@
+"""What a team shares: a DVC remote a fresh clone pulls from with nothing left to run, one MLflow server every
+stage logs to, and queued experiments run two at a time, none lost. All real: a local-directory remote, an
+`mlflow server` process on 127.0.0.1, DVC's own queue."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import digest, run
+
+pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
+
+
+def lock_outputs(repo: Path) -> dict[str, str]:
+    """{path: md5} of every file output in dvc.lock (folders: their .dir hash)."""
+    stages = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])}
+
+
+def commit_results(repo: Path, env: dict) -> None:
+    """What a user does after `dvc repro`: commit dvc.lock and the small outputs git keeps."""
+    run(["git", "add", "-A"], repo, env)
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
+        run(["git", "commit", "-qm", "results"], repo, env)
+
+
+def test_a_fresh_clone_pulls_everything_and_has_nothing_to_rerun(trained_repo, tmp_path):
+    repo, env = trained_repo
+    remote = tmp_path / "remote"
+    commit_results(repo, env)
+    run(["dvc", "remote", "add", "--local", "-d", "team", str(remote)], repo, env)  # .dvc/config.local: not committed
+    try:
+        pushed = run(["dvc", "push"], repo, env)
+        assert "pushed" in pushed.stdout, pushed.stdout
+    finally:
+        run(["dvc", "remote", "remove", "--local", "team"], repo, env)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    assert not (clone / "models/model.pt").exists()  # git holds none of the artifacts
+    run(["dvc", "remote", "add", "--local", "-d", "team", str(remote)], clone, env)
+    run(["dvc", "pull"], clone, env)
+    outputs = lock_outputs(repo)
+    assert {"models/model.pt", "models/pretrained.pt", "models/checkpoint.pt", "data/prepared",
+            "models/export"} <= set(outputs)
+    for path in ("models/model.pt", "models/pretrained.pt", "models/checkpoint.pt", "models/export/model.onnx",
+                 "data/prepared/manifest.csv"):
+        assert digest(clone / path) == digest(repo / path), path
+    status = run(["dvc", "status"], clone, env)
+    assert "Data and pipelines are up to date." in status.stdout, status.stdout
+    again = run(["dvc", "repro"], clone, env)
+    assert "Running stage" not in again.stdout, again.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 over a sqlite store, serving the artifacts itself; yields its URI."""
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--serve-artifacts",
+                               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()}")
+                time.sleep(0.5)
+        yield uri
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_every_stage_logs_to_one_mlflow_server(trained_repo, tmp_path, mlflow_server):
+    """A copy of the trained repo re-runs train, evaluate and export against the server: the run, its test
+    metrics, the confusion matrix (stored by the server) and the registered version all land there."""
+    repo, env = trained_repo
+    copy = tmp_path / "copy"
+    shutil.copytree(repo, copy, symlinks=True)
+    (copy / "mlflow.db").unlink()  # nothing may fall back to the local store
+    served = env | {"MLFLOW_TRACKING_URI": mlflow_server}
+    run(["dvc", "repro", "--force", "--single-item", "train", "evaluate", "export"], copy, served)
+    assert not (copy / "mlflow.db").exists()
+    client = MlflowClient(mlflow_server)
+    [found] = client.search_runs([client.get_experiment_by_name("image-classifier").experiment_id])
+    assert found.info.status == "FINISHED" and json.loads((copy / "models/run.json").read_text()) == {
+        "run_id": found.info.run_id, "experiment_id": found.info.experiment_id, "tracking_uri": mlflow_server}
+    assert {"train_loss", "val_accuracy", "test_accuracy", "export_onnx_max_abs_diff"} <= set(found.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "evaluate")}
+    assert "evaluate/confusion_matrix.png" in artifacts
+    png = Path(client.download_artifacts(found.info.run_id, "evaluate/confusion_matrix.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((tmp_path / "server-artifacts").rglob("confusion_matrix.png"))  # stored by the server, not here
+    [version] = client.search_model_versions("name='image-classifier'")
+    assert version.run_id == found.info.run_id and version.status == "READY"
+
+
+def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
+    repo, env = trained_repo
+    commit_results(repo, env)
+    grid = {"lr-a": "0.03", "lr-b": "0.004", "lr-c": "0.0015"}  # none the workspace has run
+    for name, lr in grid.items():
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "evaluate"], repo, env)
+    run(["dvc", "queue", "start", "-j", "2"], repo, env)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo, env).stdout
+        if not any(state in status for state in ("Queued", "Running")):
+            break
+        time.sleep(3)
+    else:
+        raise AssertionError(f"the queue did not finish in 900 s:\n{status}")
+    assert status.count("Success") == len(grid), status
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
+    experiments = {exp["name"]: exp for commit in shown for exp in (commit.get("experiments") or [])}
+    assert set(grid) <= set(experiments), list(experiments)
+    for name, lr in grid.items():
+        [revision] = experiments[name]["revs"]
+        params = revision["data"]["params"]["params.yaml"]["data"]
+        assert str(params["train"]["lr"]) == lr
+        assert "test_accuracy" in revision["data"]["metrics"]["metrics/evaluate.json"]["data"]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("image-classifier").experiment_id
+    for name, lr in grid.items():
+        [found] = client.search_runs([experiment], filter_string=f"tags.`dvc.experiment` = '{name}'")
+        assert found.info.status == "FINISHED" and found.data.params["train.lr"] == lr
+        assert "test_accuracy" in found.data.metrics
+    run(["dvc", "queue", "stop"], repo, env)
