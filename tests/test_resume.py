@@ -3,6 +3,7 @@ MLflow run, on one process and on two torchrun processes (gloo), where a killed 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -11,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from stages.data import EpochSampler
-from stages.train import resume_blockers
-from stages.train_state import load_state
+from stages.train import find_resume, resume_blockers
+from stages.train_state import TrainState, capture_rng, load_state, save_state
 from tests.conftest import digest, run, set_param
 
 EPOCHS = 3
@@ -76,6 +78,8 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     uninterrupted = load_state(repo / "models/checkpoint.pt")
     assert uninterrupted.finished and len(uninterrupted.history) == EPOCHS
+    [only] = client.search_runs([client.get_experiment_by_name("image-classifier").experiment_id])
+    assert only.info.run_id == uninterrupted.meta["run_id"]  # rank 0 alone made a run
 
     log = tmp_path / "killed.log"
     with open(log, "w") as out:  # its own session: the kill takes dvc and every process under it
@@ -110,6 +114,26 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
     for metric in ("train_loss", "val_accuracy"):  # every epoch once, none twice
         assert [m.step for m in client.get_metric_history(continued.info.run_id, metric)] == list(range(1, EPOCHS + 1))
     assert run(["dvc", "status", "train"], repo, env).stdout.strip().endswith("up to date.")
+
+
+def test_a_checkpoint_resumes_only_unfinished_and_from_the_same_inputs(tmp_path, caplog):
+    key = {"params": {"train.lr": 0.01}, "data": "a", "weights": "w", "code": "c"}
+    state = TrainState(model={"w": torch.ones(2)}, optimizer={}, scheduler={}, stopper={}, history=[], epoch=3,
+                       step=2, rng=capture_rng(), meta={"key": key, "run_id": "r"})
+    path = tmp_path / "checkpoint.pt"
+    save_state(path, state)
+    caplog.set_level(logging.INFO)
+    assert find_resume(str(tmp_path / "none.pt"), key) is None
+    found = find_resume(str(path), key)
+    assert (found.epoch, found.step, found.meta["run_id"]) == (3, 2, "r")
+    assert torch.equal(found.model["w"], torch.ones(2))
+    assert find_resume(str(path), key | {"params": {"train.lr": 0.02}}) is None
+    assert "not resuming from" in caplog.text and "train.lr 0.01 -> 0.02; starting fresh" in caplog.text
+    state.finished = True
+    save_state(path, state)
+    assert find_resume(str(path), key) is None and "holds a finished run; starting fresh" in caplog.text
+    path.write_bytes(b"not a checkpoint")
+    assert find_resume(str(path), key) is None and "cannot be read" in caplog.text
 
 
 def test_changed_inputs_block_a_resume_and_say_which():
