@@ -98,25 +98,25 @@ def mlflow_server(tmp_path):
 
 
 def test_every_stage_logs_to_one_mlflow_server(trained_repo, tmp_path, mlflow_server):
-    """A copy of the trained repo re-runs train, evaluate and export against the server: the run, its test
-    metrics, the confusion matrix (stored by the server) and the registered version all land there."""
+    """A copy of the trained repo re-runs train and export against the server: the run, its metrics, the
+    exported model's files (stored by the server) and the registered version all land there."""
     repo, env = trained_repo
     copy = tmp_path / "copy"
     shutil.copytree(repo, copy, symlinks=True)
     (copy / "mlflow.db").unlink()  # nothing may fall back to the local store
     served = env | {"MLFLOW_TRACKING_URI": mlflow_server}
-    run(["dvc", "repro", "--force", "--single-item", "train", "evaluate", "export"], copy, served)
+    run(["dvc", "repro", "--force", "--single-item", "train", "export"], copy, served)  # evaluate's as before
     assert not (copy / "mlflow.db").exists()
     client = MlflowClient(mlflow_server)
     [found] = client.search_runs([client.get_experiment_by_name("image-classifier").experiment_id])
     assert found.info.status == "FINISHED" and json.loads((copy / "models/run.json").read_text()) == {
         "run_id": found.info.run_id, "experiment_id": found.info.experiment_id, "tracking_uri": mlflow_server}
-    assert {"train_loss", "val_accuracy", "test_accuracy", "export_onnx_max_abs_diff"} <= set(found.data.metrics)
-    artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "evaluate")}
-    assert "evaluate/confusion_matrix.png" in artifacts
-    png = Path(client.download_artifacts(found.info.run_id, "evaluate/confusion_matrix.png", str(tmp_path)))
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any((tmp_path / "server-artifacts").rglob("confusion_matrix.png"))  # stored by the server, not here
+    assert {"train_loss", "val_accuracy", "export_onnx_max_abs_diff"} <= set(found.data.metrics)
+    stored = {p.name for p in (tmp_path / "server-artifacts").rglob("*") if p.is_file()}  # by the server, not here
+    assert {"model_card.json", "model.onnx"} <= stored, stored
+    downloaded = Path(client.download_artifacts(found.info.run_id, "", str(tmp_path / "downloaded")))
+    cards = list(downloaded.rglob("model_card.json"))  # export/ and the logged model's own copy
+    assert cards and all(json.loads(c.read_text())["mlflow"]["run_id"] == found.info.run_id for c in cards)
     [version] = client.search_model_versions("name='image-classifier'")
     assert version.run_id == found.info.run_id and version.status == "READY"
 
@@ -126,7 +126,7 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
     commit_results(repo, env)
     grid = {"lr-a": "0.03", "lr-b": "0.004"}  # none the workspace has run; two workers, one each
     for name, lr in grid.items():
-        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "evaluate"], repo, env)
+        run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"], repo, env)
     run(["dvc", "queue", "start", "-j", "2"], repo, env)
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
@@ -144,11 +144,11 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
         [revision] = experiments[name]["revs"]
         params = revision["data"]["params"]["params.yaml"]["data"]
         assert str(params["train"]["lr"]) == lr
-        assert "test_accuracy" in revision["data"]["metrics"]["metrics/evaluate.json"]["data"]
+        assert "best_val_accuracy" in revision["data"]["metrics"]["metrics/train.json"]["data"]
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("image-classifier").experiment_id
     for name, lr in grid.items():
         [found] = client.search_runs([experiment], filter_string=f"tags.`dvc.experiment` = '{name}'")
         assert found.info.status == "FINISHED" and found.data.params["train.lr"] == lr
-        assert "test_accuracy" in found.data.metrics
+        assert "val_accuracy" in found.data.metrics
     run(["dvc", "queue", "stop"], repo, env)
