@@ -251,6 +251,15 @@ def _check_together(p: Params, source: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", p.export.registered_model):
         raise ValueError(f"{source}: export.registered_model = {p.export.registered_model!r}: use letters, digits, "
                          "'.', '_' and '-' (starting with a letter or digit), at most 128 characters")
+    smallest = ARCHITECTURES[p.model.arch].min_size
+    sizes = {"train.crop_size": p.train.crop_size}
+    if p.pretrain.source == "dataset":
+        sizes["pretrain.image_size"] = p.pretrain.image_size
+    for key, size in sizes.items():
+        if size < smallest:
+            raise ValueError(f"{source}: {key} = {size} is below the smallest input model.arch = {p.model.arch} "
+                             f"accepts ({smallest} px: its downsampling layers need it); raise {key} (and "
+                             "prepare.image_size) or choose another model.arch")
     if p.runtime.reproducible and p.runtime.threads == 0:
         raise ValueError(f"{source}: runtime.threads = 0 (one per core) cannot be reproduced on another machine; "
                          "set a fixed count (e.g. 2) or runtime.reproducible: false")

@@ -18,6 +18,16 @@ def test_every_row_names_layers_the_model_has(arch):
     assert isinstance(model.get_submodule(ARCHITECTURES[arch].cam_layer), torch.nn.Module)
 
 
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+def test_min_size_is_the_smallest_input_the_model_takes(arch):
+    smallest, model = ARCHITECTURES[arch].min_size, build_model(arch, 3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, smallest, smallest)).shape == (1, 3)
+        if smallest > 1:
+            with pytest.raises(RuntimeError):
+                model(torch.randn(1, 3, smallest - 1, smallest - 1))
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0", "convnext_tiny"])  # one of each family
 def test_table_row_is_enough_to_fine_tune(arch):
     facts = ARCHITECTURES[arch]

@@ -81,3 +81,13 @@ def test_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
     path.write_text("model:\n  arch: resnet18\n train: [\n")
     with pytest.raises(ValueError, match=r"params.yaml is not valid YAML at line 3, column 2"):
         load_params(path)
+
+
+def test_an_input_smaller_than_the_architecture_takes_is_refused(tmp_path):
+    path = write(tmp_path, lambda p: p["model"].update(arch="convnext_tiny"))  # the sample's 28 px crops
+    with pytest.raises(ValueError, match=r"train\.crop_size = 28 is below the smallest input model\.arch = "
+                                         r"convnext_tiny accepts \(32 px"):
+        load_params(path)
+    bigger = write(tmp_path, lambda p: (p["model"].update(arch="convnext_tiny"), p["train"].update(crop_size=32)))
+    with pytest.raises(ValueError, match=r"pretrain\.image_size = 28 is below"):
+        load_params(bigger)
