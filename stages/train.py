@@ -56,7 +56,6 @@ def train(params: Params, world: distributed.World, device: torch.device) -> dic
     client = tracking.connect(params.tracking.timeout) if world.main else None  # before training: fail fast
     pretrained = load_checkpoint(params.pretrain.out, made_by="pretrain")
     seed_everything(cfg.seed)
-    environment = runtime.fingerprint(device, params.runtime.reproducible)
     spec = preprocessing_spec(cfg.crop_size)
     prepared = Path(params.prepare.out)
     train_set = split_folder(prepared, "train", train_transform(cfg.crop_size, cfg.crop_scale_min, cfg.hflip))
@@ -72,7 +71,8 @@ def train(params: Params, world: distributed.World, device: torch.device) -> dic
     resume = distributed.broadcast_object(find_resume(cfg.checkpoint, key) if world.main else None)
     run_id = None
     if world.main:
-        runtime.write_fingerprint(params.runtime.fingerprints, "train", device, params.runtime.reproducible)
+        environment = runtime.write_fingerprint(params.runtime.fingerprints, "train", device,
+                                                params.runtime.reproducible)
         run_id = (continue_run(client, resume) if resume else
                   start_run(client, params, pretrained["provenance"], environment).info.run_id)
     status = tracking.run_status(client, run_id) if world.main else nullcontext()

@@ -10,7 +10,7 @@ are saved here and put back.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,10 @@ class TrainState:
 
 
 def save_state(path: str | Path, state: TrainState) -> None:
-    """Atomically: a kill while saving leaves the previous checkpoint, never half of one."""
-    write_serialized(path, lambda buffer: torch.save(asdict(state), buffer))
+    """Atomically: a kill while saving leaves the previous checkpoint, never half of one. The fields are saved
+    as they are (dataclasses.asdict would deep-copy every tensor of the model and optimizer first)."""
+    fields_ = {f.name: getattr(state, f.name) for f in fields(state)}
+    write_serialized(path, lambda buffer: torch.save(fields_, buffer))
 
 
 def load_state(path: str | Path) -> TrainState:
