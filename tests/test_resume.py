@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 from stages.data import EpochSampler
 from stages.train import find_resume, resume_blockers
 from stages.train_state import TrainState, capture_rng, load_state, save_state
-from tests.conftest import digest, run, set_param
+from tests.conftest import digest, free_port, run, set_param
 
 EPOCHS = 3
 
@@ -34,13 +34,6 @@ def configure(repo: Path, processes: int) -> None:
         set_param(repo, "train", key, value)
     set_param(repo, "train", "distributed", {"nnodes": 1, "nproc_per_node": processes, "master_addr": "127.0.0.1",
                                              "master_port": free_port(), "backend": "gloo", "timeout": 60})
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(log: Path, pattern: str, process: subprocess.Popen, seconds: float = 240) -> None:

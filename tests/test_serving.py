@@ -8,7 +8,6 @@ import csv
 import http.client
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from urllib.error import HTTPError, URLError
 
 import pytest
 
-from tests.conftest import run
+from tests.conftest import free_port, run
 
 pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
 
@@ -84,12 +83,6 @@ def test_swapped_export_file_is_refused_before_loading(trained_repo, tmp_path):
                             cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "model.pt2 does not match its model card" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import digest, run
+from tests.conftest import digest, free_port, run
 
 pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
 
@@ -60,12 +59,6 @@ def test_a_fresh_clone_pulls_everything_and_has_nothing_to_rerun(trained_repo, t
     assert "Data and pipelines are up to date." in status.stdout, status.stdout
     again = run(["dvc", "repro"], clone, env)
     assert "Running stage" not in again.stdout, again.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture
