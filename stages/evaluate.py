@@ -1,8 +1,11 @@
-"""Stage evaluate: the trained model on the held-out test split; metrics, confusion matrix, MLflow."""
+"""Stage evaluate: the trained model on the held-out test split. Scores with bootstrap intervals, per-class
+gaps, the confusion matrix, calibration (ECE, reliability diagram, temperature fitted on val) and Grad-CAM grids
+of the most frequent confusions; all of it as DVC metrics and plots and in the model's MLflow run."""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -10,12 +13,14 @@ from sklearn.metrics import confusion_matrix
 from torch import nn
 
 from stages import runtime, tracking
+from stages.calibration import calibrate, reliability_figure
 from stages.cli import stage_main
-from stages.data import eval_crop, make_loader, split_folder
-from stages.metrics import bootstrap_intervals, score
+from stages.data import eval_crop, make_loader, split_folder, to_model_input
+from stages.metrics import bootstrap_intervals, gaps, score
 from stages.model import load_checkpoint, model_from_checkpoint
-from stages.outputs import write_csv, write_json
+from stages.outputs import write_csv, write_figure, write_json
 from stages.params import Params
+from stages.saliency import write_grids
 from stages.training import predict
 
 log = logging.getLogger("evaluate")
@@ -40,13 +45,72 @@ def run(params: Params) -> dict:
     metrics = score(targets.numpy(), predicted.numpy(), class_names)
     metrics["test_loss"] = nn.functional.cross_entropy(logits, targets).item()
     metrics |= bootstrap_intervals(targets.numpy(), predicted.numpy(), len(class_names), cfg.bootstrap, cfg.seed)
+    calibration = calibrate(*val_logits(params, checkpoint, model, device, layout), logits, targets,
+                            cfg.temperature_scaling)
+    metrics |= {k: v for k, v in calibration.items() if k != "bins"}
+    metrics |= gaps(targets.numpy(), predicted.numpy(), class_names, cfg.gaps)
     write_json(cfg.metrics, metrics)
     write_confusion(cfg.plots, test_set, targets, predicted, class_names)
-    log_to_run(params, metrics, environment, targets.numpy(), predicted.numpy(), class_names)
+    figures = write_reliability(Path(cfg.reliability), calibration)
+    figures += write_saliency(params, checkpoint, model, test_set, device, layout, targets, logits)
+    log_to_run(params, metrics, environment, targets.numpy(), predicted.numpy(), class_names, figures)
     log.info("test accuracy %.4f (95%% CI %.4f-%.4f), macro F1 %.4f (%.4f-%.4f) on %d images",
              metrics["test_accuracy"], *metrics["test_accuracy_ci95"].values(), metrics["test_f1_macro"],
              *metrics["test_f1_macro_ci95"].values(), len(test_set))
+    log.info("calibration: T %.4f fitted on val; test ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+             metrics["temperature"], metrics["test_ece"], metrics["test_ece_calibrated"], metrics["test_nll"],
+             metrics["test_nll_calibrated"])
+    if metrics["test_ece_calibrated"] > metrics["test_ece"]:
+        log.warning("temperature scaling raised the test ECE (%.4f -> %.4f): T fitted on %d val images does not carry "
+                    "over to the test split; more val images would help (prepare.val_fraction), or turn it off "
+                    "(evaluate.temperature_scaling: false)", metrics["test_ece"], metrics["test_ece_calibrated"],
+                    metrics["val_images"])
+    if metrics["temperature_at_search_bound"]:
+        log.warning("the fitted temperature %.4g lies at the edge of the search range: the val split may be too "
+                    "small or too easy to calibrate on", metrics["temperature"])
     return metrics
+
+
+def val_logits(params: Params, checkpoint: dict, model, device, layout) -> tuple[torch.Tensor, torch.Tensor]:
+    """The val split's logits and targets, for fitting the temperature (empty when it is not fitted)."""
+    if not params.evaluate.temperature_scaling:
+        return torch.empty(0, len(checkpoint["class_names"])), torch.empty(0, dtype=torch.long)
+    try:
+        val_set = split_folder(params.prepare.out, "val", eval_crop(checkpoint["preprocessing"]))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"evaluate.temperature_scaling is true but the val split cannot be read ({error}); "
+                                "raise prepare.val_fraction, or set evaluate.temperature_scaling: false") from None
+    if val_set.classes != checkpoint["class_names"]:
+        raise ValueError(f"val split classes {val_set.classes} differ from the model's {checkpoint['class_names']}; "
+                         "re-run `dvc repro`")
+    loader = make_loader(val_set, params.evaluate.batch_size, False, params.train.num_workers, 0)
+    return predict(model, loader, device, layout)
+
+
+def write_reliability(folder: Path, calibration: dict) -> list[Path]:
+    """One CSV per curve (a DVC plot draws them together) and the diagram as a PNG."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in calibration["bins"].items():
+        write_csv(folder / f"{name}.csv", ["confidence", "accuracy", "images", "low", "high"],
+                  [{k: row[k] for k in ("confidence", "accuracy", "images", "low", "high")}
+                   for row in rows if row["images"]])
+    return [write_figure(folder / "reliability.png", reliability_figure(calibration))]
+
+
+def write_saliency(params: Params, checkpoint: dict, model, test_set, device, layout, targets, logits) -> list[Path]:
+    """Grad-CAM grids of the most frequent confusions, in a folder emptied first (no stale pair survives)."""
+    cfg, folder = params.evaluate, Path(params.evaluate.saliency)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+    def load(indices: list[int]) -> torch.Tensor:
+        return to_model_input(torch.stack([test_set[i][0] for i in indices]), device, layout)
+
+    grids = write_grids(model, checkpoint["arch"], load, targets, logits, checkpoint["class_names"],
+                        checkpoint["preprocessing"], folder, cfg.saliency_pairs, cfg.saliency_wrong, cfg.saliency_right)
+    log.info("Grad-CAM grids of the %d most frequent confusions in %s", len(grids), folder)
+    return grids
 
 
 def write_confusion(path: str, dataset, targets: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> None:
@@ -57,26 +121,45 @@ def write_confusion(path: str, dataset, targets: torch.Tensor, predicted: torch.
                for (file, _), actual, guess in zip(dataset.samples, targets.tolist(), predicted.tolist())])
 
 
-def log_to_run(params: Params, metrics: dict, environment: dict, targets, predicted, class_names: list[str]) -> None:
-    """Add test metrics, the per-class report and the confusion-matrix PNG to the train stage's run, without
-    changing its status."""
+def log_to_run(params: Params, metrics: dict, environment: dict, targets, predicted, class_names: list[str],
+               figures: list[Path]) -> None:
+    """Add test metrics, the per-class report and gaps, the confusion matrix, the reliability diagram and the
+    Grad-CAM grids to the train stage's run, without changing its status. The pictures are files under
+    evaluate/ and also keyed images (confusion_matrix, reliability, saliency_01...), which the MLflow UI's
+    chart view shows side by side for the runs being compared."""
     import matplotlib
     matplotlib.use("Agg")
+    from PIL import Image
     from sklearn.metrics import ConfusionMatrixDisplay
 
     client = tracking.connect(params.tracking.timeout)
     run_id = tracking.reopen(client, params.train.run, "evaluate").info.run_id
-    values = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+    values = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     values |= {f"{k}_{bound}": v[bound] for k, v in metrics.items() if k.endswith("_ci95") for bound in ("low", "high")}
     tracking.log_epoch_metrics(client, run_id, 0, values)
-    for key, value in environment.items():
-        client.set_tag(run_id, f"env.evaluate.{key}", "" if value is None else str(value))
+    tags = {f"env.evaluate.{key}": value for key, value in environment.items()}
+    tags["temperature_at_search_bound"] = metrics["temperature_at_search_bound"]
+    for key, value in tags.items():
+        client.set_tag(run_id, key, "" if value is None else str(value))
     client.log_dict(run_id, metrics, "evaluate/metrics.json")
     matrix = confusion_matrix(targets, predicted, labels=list(range(len(class_names))))
     display = ConfusionMatrixDisplay(matrix, display_labels=class_names)
     display.plot(xticks_rotation=45, colorbar=False)
     display.figure_.tight_layout()
     client.log_figure(run_id, display.figure_, "evaluate/confusion_matrix.png")
+    pictures = {"confusion_matrix": display.figure_}
+    for path in figures:
+        saliency = path.parent == Path(params.evaluate.saliency)
+        client.log_artifact(run_id, str(path), "evaluate/saliency" if saliency else "evaluate")
+        pictures[f"saliency_{path.name[:2]}" if saliency else path.stem] = path
+    for key, picture in pictures.items():
+        if isinstance(picture, Path):
+            with Image.open(picture) as image:
+                client.log_image(run_id, image.convert("RGB"), key=key, step=0)
+        else:
+            picture.canvas.draw()
+            client.log_image(run_id, Image.frombuffer("RGBA", picture.canvas.get_width_height(),
+                                                      picture.canvas.buffer_rgba()).convert("RGB"), key=key, step=0)
     matplotlib.pyplot.close(display.figure_)
 
 

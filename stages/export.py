@@ -3,6 +3,7 @@ a registered MLflow model version."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -15,6 +16,7 @@ from stages import runtime, tracking
 from stages.cli import stage_main
 from stages.data import eval_crop, make_loader, split_folder, to_model_input
 from stages.exported import (
+    CALIBRATION_FILE,
     CARD_FILE,
     ONNX_FILE,
     PROGRAM_FILE,
@@ -52,6 +54,7 @@ def run(params: Params) -> dict:
     parity = check_parity(model, out, images, cfg.atol)
     write_json(out / "labels.json", checkpoint["class_names"])
     write_json(out / "preprocessing.json", checkpoint["preprocessing"])
+    write_json(out / CALIBRATION_FILE, calibration(params))
     environment = runtime.fingerprint(torch.device("cpu"), params.runtime.reproducible)
     card = model_card(params, checkpoint, parity, {"name": cfg.registered_model, "run_id": run_id}, git, out,
                       environment)
@@ -67,6 +70,19 @@ def run(params: Params) -> dict:
     log.info("%s %s version %s", "reused" if registered["reused"] else "registered", registered["name"],
              registered["version"])
     return {"parity": parity, "registered": registered}
+
+
+def calibration(params: Params) -> dict:
+    """The temperature evaluate fitted on val, and the test ECE it was judged by (the model card shows both)."""
+    found = json.loads(Path(params.evaluate.metrics).read_text())
+    missing = [k for k in ("temperature", "test_ece", "test_ece_calibrated") if k not in found]
+    if missing:
+        raise KeyError(f"{params.evaluate.metrics} has no {', '.join(missing)}: it predates calibration; "
+                       "re-run `dvc repro evaluate`")
+    return {"temperature": found["temperature"], "fitted_on": "val" if params.evaluate.temperature_scaling else "none",
+            "probabilities": "softmax(logits / temperature)",
+            "test_ece_uncalibrated": found["test_ece"], "test_ece_calibrated": found["test_ece_calibrated"],
+            "test_nll_uncalibrated": found["test_nll"], "test_nll_calibrated": found["test_nll_calibrated"]}
 
 
 def test_images(params: Params, checkpoint: dict) -> torch.Tensor:

@@ -15,7 +15,8 @@ from stages.outputs import write_bytes, write_serialized
 
 RUNTIMES = ("onnx", "torch")
 PROGRAM_FILE, ONNX_FILE, CARD_FILE = "model.pt2", "model.onnx", "model_card.json"
-EXPORT_FILES = (ONNX_FILE, PROGRAM_FILE, "labels.json", "preprocessing.json")  # hashed in the model card
+CALIBRATION_FILE = "calibration.json"  # {"temperature": T, ...}: probabilities are softmax(logits / T)
+EXPORT_FILES = (ONNX_FILE, PROGRAM_FILE, "labels.json", "preprocessing.json", CALIBRATION_FILE)  # hashed in the card
 
 
 class ExportTampered(RuntimeError):
@@ -81,6 +82,19 @@ def load_runtime(export_dir: Path, runtime: str, device: str = "cpu") -> Callabl
             return program(images.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
         return run
     raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
+
+
+def read_temperature(export_dir: Path) -> float:
+    """The temperature the evaluate stage fitted on val (1.0 when temperature scaling was off)."""
+    temperature = json.loads((export_dir / CALIBRATION_FILE).read_text())["temperature"]
+    if not isinstance(temperature, int | float) or not temperature > 0:
+        raise ValueError(f"{export_dir / CALIBRATION_FILE}: temperature must be a positive number, got {temperature!r}")
+    return float(temperature)
+
+
+def class_probabilities(logits: np.ndarray, temperature: float) -> torch.Tensor:
+    """Calibrated class probabilities from the exported logits: softmax(logits / T)."""
+    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / temperature, dim=1)
 
 
 def compare(expected: np.ndarray, actual: np.ndarray, atol: float) -> dict:

@@ -19,6 +19,31 @@ def score(targets: np.ndarray, predicted: np.ndarray, class_names: list[str]) ->
                           for name in class_names}}
 
 
+def confused_pairs(targets, predicted, limit: int) -> list[tuple[int, int, int]]:
+    """(actual, predicted, count) of the most frequent mistakes, most first; ties by class index."""
+    pairs: dict[tuple[int, int], int] = {}
+    for actual, guess in zip(np.asarray(targets).tolist(), np.asarray(predicted).tolist()):
+        if actual != guess:
+            pairs[actual, guess] = pairs.get((actual, guess), 0) + 1
+    return [(a, p, n) for (a, p), n in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))][:limit]
+
+
+def gaps(targets: np.ndarray, predicted: np.ndarray, class_names: list[str], limit: int) -> dict:
+    """Where the model falls short: the `limit` classes of lowest recall and the `limit` most frequent
+    confusions, with the counts behind each figure (a recall of 0.5 may be 1 of 2 images)."""
+    targets, predicted = np.asarray(targets), np.asarray(predicted)
+    support = np.bincount(targets, minlength=len(class_names))
+    correct = np.bincount(targets[targets == predicted], minlength=len(class_names))
+    present = [k for k in range(len(class_names)) if support[k]]
+    lowest = sorted(present, key=lambda k: (correct[k] / support[k], k))[:limit]
+    return {"lowest_recall": {class_names[k]: {"rank": rank, "recall": float(correct[k] / support[k]),
+                                               "correct": int(correct[k]), "support": int(support[k])}
+                              for rank, k in enumerate(lowest, 1)},
+            "confused_pairs": {f"{class_names[a]} -> {class_names[p]}": {
+                "rank": rank, "count": n, "of_actual": int(support[a]), "share_of_actual": n / int(support[a])}
+                for rank, (a, p, n) in enumerate(confused_pairs(targets, predicted, limit), 1)}}
+
+
 def bootstrap_intervals(targets: np.ndarray, predicted: np.ndarray, num_classes: int, resamples: int,
                         seed: int, level: float = 0.95) -> dict:
     """Percentile-bootstrap intervals of accuracy and macro F1: how much the score could move on another test

@@ -4,10 +4,11 @@ code and run (JSON for tools, Markdown for people)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from stages import tracking
-from stages.exported import EXPORT_FILES
+from stages.exported import CALIBRATION_FILE, EXPORT_FILES
 from stages.imagefolder import sha256_file
 from stages.params import Params
 
@@ -31,9 +32,22 @@ def environments(params: Params, export_environment: dict) -> dict:
     return found | {"export": export_environment}
 
 
+GAPS = ("lowest_recall", "confused_pairs")
+
+
+def saliency_grids(params: Params, out: Path) -> list[dict]:
+    """Each Grad-CAM grid evaluate wrote: its path in the repository (a DVC plot), relative to the card, and in
+    the MLflow run."""
+    folder = Path(params.evaluate.saliency)
+    return [{"file": path.as_posix(), "from_card": Path(os.path.relpath(path, out)).as_posix(),
+             "mlflow_artifact": f"evaluate/saliency/{path.name}", "sha256": sha256_file(path)}
+            for path in sorted(folder.glob("*.png"))]
+
+
 def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, git: dict, out: Path,
                environment: dict) -> dict:
     evaluation = json.loads(Path(params.evaluate.metrics).read_text())
+    calibration = json.loads((out / CALIBRATION_FILE).read_text())
     return {
         "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
                   "files": {**{name: sha256_file(out / name) for name in EXPORT_FILES},
@@ -45,9 +59,12 @@ def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict,
         "weights_provenance": checkpoint["provenance"],
         "params": checkpoint["params"],
         "params_sha256": tracking.params_hash(checkpoint["params"]),
-        "metrics": {k: v for k, v in evaluation.items() if k != "per_class"},
+        "metrics": {k: v for k, v in evaluation.items() if k not in ("per_class", *GAPS)},
         "environment": environments(params, environment),
         "per_class": evaluation["per_class"],
+        "gaps": {key: evaluation[key] for key in GAPS},
+        "calibration": calibration,
+        "saliency": saliency_grids(params, out),
         "parity": parity,
         "mlflow": {"tracking_uri": tracking.portable_uri(tracking.tracking_uri()), **registered},
     }
@@ -59,7 +76,7 @@ def card_markdown(card: dict) -> str:
              f"Classes: {', '.join(m['class_names'])}", "",
              "| test metric | value | 95% interval (bootstrap over test images) |", "|---|---|---|"]
     for key, value in metrics.items():
-        if key.endswith("_ci95"):
+        if key.endswith("_ci95") or not isinstance(value, int | float) or isinstance(value, bool):
             continue
         interval = metrics.get(f"{key}_ci95")
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
@@ -68,6 +85,7 @@ def card_markdown(card: dict) -> str:
     lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1-score']:.3f} | {r['support']:.0f} |"
               for name, r in card["per_class"].items()]
+    lines += gaps_markdown(card) + calibration_markdown(card["calibration"])
     lines += ["", "## Lineage", "",
               f"- git commit: `{card['git']['git_commit']}` (dirty: {card['git']['git_dirty']})",
               f"- MLflow run: `{card['mlflow']['run_id']}`, registered as `{card['mlflow']['name']}` (the "
@@ -91,3 +109,35 @@ def card_markdown(card: dict) -> str:
               for stage, e in card["environment"].items()]
     lines += ["", "Verify this card: `python -m stages.lineage models/export`", ""]
     return "\n".join(lines)
+
+
+def gaps_markdown(card: dict) -> list[str]:
+    gaps = card["gaps"]
+    lines = ["", "## Where it falls short", "", "Lowest recall on the test split:", "",
+             "| class | recall | correct / test images |", "|---|---|---|"]
+    lines += [f"| {name} | {r['recall']:.3f} | {r['correct']} / {r['support']} |"
+              for name, r in gaps["lowest_recall"].items()]
+    lines += ["", "Most frequent confusions:", "", "| actual -> predicted | images | of the actual class |",
+              "|---|---|---|"]
+    lines += [f"| {pair} | {p['count']} | {p['count']} / {p['of_actual']} ({p['share_of_actual']:.1%}) |"
+              for pair, p in gaps["confused_pairs"].items()] or ["| (none: no test image is misclassified) | | |"]
+    if card["saliency"]:
+        lines += ["", "Grad-CAM grids of these confusions (where the model looked; in the MLflow run and as DVC "
+                  "plots, `dvc plots show`):", ""]
+        lines += [f"- [{grid['file']}]({grid['from_card']}) (MLflow artifact `{grid['mlflow_artifact']}`)"
+                  for grid in card["saliency"]]
+    return lines
+
+
+def calibration_markdown(calibration: dict) -> list[str]:
+    scaled = calibration["fitted_on"] != "none"
+    return ["", "## Calibration", "",
+            (f"Temperature scaling, fitted on the val split: T = {calibration['temperature']:.4f}. The exported "
+             "model's logits are unchanged; its probabilities (predict, serving) are softmax(logits / T)."
+             if scaled else "Temperature scaling is off (`evaluate.temperature_scaling: false`): probabilities "
+             "are softmax(logits)."), "",
+            "| on the test split | uncalibrated | calibrated |", "|---|---|---|",
+            f"| expected calibration error (15 bins) | {calibration['test_ece_uncalibrated']:.4f} | "
+            f"{calibration['test_ece_calibrated']:.4f} |",
+            f"| negative log-likelihood | {calibration['test_nll_uncalibrated']:.4f} | "
+            f"{calibration['test_nll_calibrated']:.4f} |"]

@@ -29,6 +29,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def write_figure(path: str | Path, figure) -> Path:
+    """A matplotlib figure as PNG, without the library version in its metadata (the bytes depend on the plot only)."""
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=110, metadata={"Software": None})
+    return Path(path)
+
+
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")

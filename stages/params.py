@@ -140,6 +140,13 @@ class EvaluateParams:
     batch_size: int = number(1, None)
     bootstrap: int = number(100, 100_000)
     seed: int = number(0, None)
+    gaps: int = number(1, None)
+    temperature_scaling: bool
+    reliability: str
+    saliency: str
+    saliency_pairs: int = number(0, 100)
+    saliency_wrong: int = number(1, 32)
+    saliency_right: int = number(0, 32)
 
 
 @dataclass(frozen=True)
@@ -173,7 +180,8 @@ class Params:
                 "pretrain.metrics": p.pretrain.metrics, "train.out": p.train.out, "train.run": p.train.run,
                 "train.checkpoint": p.train.checkpoint,
                 "train.plots": p.train.plots, "train.metrics": p.train.metrics, "evaluate.metrics": p.evaluate.metrics,
-                "evaluate.plots": p.evaluate.plots, "export.out": p.export.out}
+                "evaluate.plots": p.evaluate.plots, "evaluate.reliability": p.evaluate.reliability,
+                "evaluate.saliency": p.evaluate.saliency, "export.out": p.export.out}
 
     def output_paths(self) -> tuple[str, ...]:
         return tuple(self.outputs().values())

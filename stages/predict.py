@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from stages.data import eval_transform
-from stages.exported import RUNTIMES, load_runtime, verify_export
+from stages.exported import RUNTIMES, class_probabilities, load_runtime, read_temperature, verify_export
 from stages.imagefolder import BadImage, decode_image
 from stages.outputs import write_csv
 
@@ -82,6 +82,7 @@ def predict(export_dir: Path, paths: list[Path], runtime: str, device: str, batc
     labels = json.loads((export_dir / "labels.json").read_text())
     spec = json.loads((export_dir / "preprocessing.json").read_text())
     logits_of = load_runtime(export_dir, runtime, device)
+    temperature = read_temperature(export_dir)
     loader = DataLoader(ImageFiles(paths, spec), batch_size=batch_size, num_workers=workers, collate_fn=keep_errors)
     rows: list[dict] = [{}] * len(paths)
     start, done = time.perf_counter(), 0
@@ -89,7 +90,7 @@ def predict(export_dir: Path, paths: list[Path], runtime: str, device: str, batc
         for index, error in failures:
             rows[index] = {"path": str(paths[index]), "label": "", "probability": "", "top_k": "", "error": error}
         if indices:
-            probabilities = torch.softmax(torch.from_numpy(logits_of(images.numpy())), dim=1).numpy()
+            probabilities = class_probabilities(logits_of(images.numpy()), temperature).numpy()
             for index, p in zip(indices, probabilities):
                 best = np.argsort(-p)[:top_k]
                 rows[index] = {"path": str(paths[index]), "label": labels[best[0]],

@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from stages.data import eval_transform
-from stages.exported import load_runtime, verify_export
+from stages.exported import class_probabilities, load_runtime, read_temperature, verify_export
 from stages.imagefolder import BadImage, decode_image
 
 MAX_IMAGES = 256               # rows per request
@@ -48,7 +48,8 @@ def image_from_request(value, row: int):
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
-    """Wraps models/export/ (model.onnx + labels.json + preprocessing.json, checked against model_card.json)."""
+    """Wraps models/export/ (model.onnx, labels.json, preprocessing.json and calibration.json, checked against
+    model_card.json). Probabilities are temperature-scaled: softmax(logits / T)."""
 
     def load_context(self, context) -> None:
         self.load(Path(context.artifacts["export_dir"]))
@@ -58,6 +59,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.folder = folder
         self.logits = load_runtime(folder, "onnx")
         self.labels = json.loads((folder / "labels.json").read_text())
+        self.temperature = read_temperature(folder)
         self.transform = eval_transform(json.loads((folder / "preprocessing.json").read_text()))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
@@ -70,7 +72,7 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         if not images:
             raise BadRequest("no images in the request")
         batch = torch.stack([self.transform(image) for image in images])
-        probabilities = torch.softmax(torch.from_numpy(self.logits(batch.numpy())), dim=1)
+        probabilities = class_probabilities(self.logits(batch.numpy()), self.temperature)
         best = probabilities.argmax(1)
         frame = pd.DataFrame(probabilities.numpy(), columns=self.labels)
         frame.insert(0, "probability", probabilities.max(1).values.numpy())

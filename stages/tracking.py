@@ -111,9 +111,14 @@ def connect(timeout_s: float = 15) -> MlflowClient:
     return client
 
 
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not GenAI traces
+
+
 def experiment_id(client: MlflowClient, name: str) -> str:
     """Get or create experiment `name` (safe when two pipelines race to create it); local stores keep
-    artifacts beside the db, not in a temp copy."""
+    artifacts beside the db, not in a temp copy. The experiment is marked as model training, so the MLflow UI
+    shows its runs table and charts (MLflow 3 otherwise opens an unmarked experiment on GenAI tracing); a kind
+    someone set already is kept."""
     uri = tracking_uri()
     location = (repo_root() / "mlartifacts").as_uri() if uri == default_uri() else None
     with store_lock(uri):
@@ -124,9 +129,12 @@ def experiment_id(client: MlflowClient, name: str) -> str:
                                  f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or "
                                  "choose another name")
             if experiment:
+                for key, value in EXPERIMENT_KIND.items():
+                    if key not in experiment.tags:
+                        client.set_experiment_tag(experiment.experiment_id, key, value)
                 return experiment.experiment_id
             try:
-                return client.create_experiment(name, artifact_location=location)
+                return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise

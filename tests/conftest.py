@@ -90,7 +90,7 @@ def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
 # The modules whose tests use trained_repo: pytest-xdist runs them all on one worker, in order (their
 # xdist_group marks are lost under pytest 9, whose node ids xdist 3.8 can no longer suffix).
 TRAINED_REPO_MODULES = ("tests/test_lineage.py", "tests/test_pipeline.py", "tests/test_serving.py",
-                        "tests/test_team.py")
+                        "tests/test_team.py", "tests/test_ui.py")
 
 
 def pytest_xdist_make_scheduler(config, log):

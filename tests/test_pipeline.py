@@ -51,7 +51,33 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     history = (repo / "plots/train.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss") and len(history) == 3  # header + 2 epochs
     shown = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
-    assert "test_accuracy" in shown
+    assert "test_accuracy" in shown and "test_ece_calibrated" in shown and "lowest_recall" in shown
+
+    # calibration, gaps and saliency: in the metrics, as DVC plots, in the card and in the MLflow run
+    assert evaluation["temperature"] > 0 and 0 <= evaluation["test_ece_calibrated"] <= 1
+    assert sum(r["support"] for r in evaluation["lowest_recall"].values()) <= 9
+    wrong = round((1 - evaluation["test_accuracy"]) * 9)
+    assert sum(p["count"] for p in evaluation["confused_pairs"].values()) <= wrong
+    for name in ("uncalibrated.csv", "calibrated.csv", "reliability.png"):
+        assert (repo / "plots/reliability" / name).stat().st_size > 0, name
+    grids = sorted(p.name for p in (repo / "plots/saliency").iterdir())
+    assert grids and all(name.endswith(".png") for name in grids)
+    assert len(grids) == (min(len(evaluation["confused_pairs"]), 6) or 1)
+    calibration = json.loads((repo / "models/export/calibration.json").read_text())
+    assert calibration["temperature"] == evaluation["temperature"] == card["calibration"]["temperature"]
+    assert card["calibration"]["test_ece_uncalibrated"] == evaluation["test_ece"]
+    assert card["gaps"]["lowest_recall"] == evaluation["lowest_recall"]
+    assert [grid["file"] for grid in card["saliency"]] == [f"plots/saliency/{name}" for name in grids]
+    markdown = (repo / "models/export/model_card.md").read_text()
+    assert "## Where it falls short" in markdown and "## Calibration" in markdown
+    assert all(f"(../../plots/saliency/{name})" in markdown for name in grids)
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    logged = {a.path for a in client.list_artifacts(run_id, "evaluate")}
+    assert {"evaluate/confusion_matrix.png", "evaluate/reliability.png", "evaluate/saliency"} <= logged
+    assert sorted(a.path for a in client.list_artifacts(run_id, "evaluate/saliency")) == [
+        f"evaluate/saliency/{name}" for name in grids]
+    assert client.get_run(run_id).data.metrics["test_ece_calibrated"] == evaluation["test_ece_calibrated"]
 
     again = run(["dvc", "repro"], repo, env)
     assert ran(again.stdout) == [], again.stdout

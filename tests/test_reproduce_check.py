@@ -13,7 +13,8 @@ REFERENCE = {
     PARAMS.evaluate.metrics: {"test_accuracy": 0.80, "test_f1_macro": 0.79, "test_images": 2400,
                               "test_accuracy_ci95": {"low": 0.785, "high": 0.815},
                               "test_f1_macro_ci95": {"low": 0.774, "high": 0.806},
-                              "per_class": {"coat": {"recall": 0.7, "support": 600.0}}}}
+                              "per_class": {"coat": {"recall": 0.7, "support": 600.0}},
+                              "lowest_recall": {"coat": {"rank": 1, "recall": 0.7, "correct": 420, "support": 600}}}}
 
 
 def changed(**edits) -> dict:
@@ -47,8 +48,9 @@ def test_same_pinned_runtime_on_another_cpu_must_match_exactly():
 
 def test_other_runtime_gates_integrity_exactly_and_headline_by_interval():
     gpu = PINNED | {"pinned": False, "device": "cuda", "gpu": "NVIDIA H200"}
+    weakest = {"shirt": {"rank": 1, "recall": 0.68, "correct": 408, "support": 600}}  # another class comes last
     ok, text = verdict(changed(train__best_epoch=12, evaluate__test_accuracy=0.79,
-                               evaluate__per_class__coat__recall=0.6), gpu)
+                               evaluate__per_class__coat__recall=0.6, evaluate__lowest_recall=weakest), gpu)
     assert ok and "MODE band" in text and "device 'cpu' -> 'cuda'" in text and "reproduced within" in text
     ok, text = verdict(changed(evaluate__test_accuracy=0.77), gpu)
     assert not ok and "metrics/evaluate.json:test_accuracy" in text and "band [0.7850, 0.8150]" in text

@@ -41,7 +41,7 @@ def test_export_has_both_runtimes_with_parity(trained_repo):
         assert figures["images"] == 9 and figures["top1_agreement"] == 1.0
         assert figures["max_abs_diff"] <= figures["atol"] == 1e-4
     assert set(card["model"]["files"]) == {"model.pt2", "model.onnx", "labels.json", "preprocessing.json",
-                                           "models/model.pt"}
+                                           "calibration.json", "models/model.pt"}
     assert card["mlflow"]["tracking_uri"] == "sqlite:///mlflow.db"  # relative: a copied repo checks its own store
 
 
@@ -73,6 +73,32 @@ def test_predict_both_runtimes_agree_and_report_unreadable_files(trained_repo, t
     assert via_registry[good[0]]["label"] == program[good[0]]["label"]
 
 
+def test_probabilities_are_temperature_scaled_and_logits_are_not(trained_repo, tmp_path):
+    """The export's logits are the model's (parity holds on them); predict and serving divide them by the T
+    evaluate fitted on val before the softmax."""
+    import numpy as np
+    import torch
+
+    from stages.data import eval_transform
+    from stages.exported import load_runtime
+    from stages.imagefolder import decode_image
+
+    repo, env = trained_repo
+    export = repo / "models/export"
+    temperature = json.loads((export / "calibration.json").read_text())["temperature"]
+    assert temperature != 1.0  # fitted: the tiny model's val NLL is not minimal at T = 1
+    files = sorted((repo / "data/prepared/test").rglob("*.jpg"))
+    transform = eval_transform(json.loads((export / "preprocessing.json").read_text()))
+    batch = torch.stack([transform(decode_image(f.read_bytes())) for f in files]).numpy()
+    logits = load_runtime(export, "onnx")(batch)
+    scaled = torch.softmax(torch.from_numpy(logits) / temperature, 1).numpy()
+    rows = predict(repo, env, "models/export", *map(str, files), "--runtime", "onnx")
+    for file, expected in zip(files, scaled):
+        assert float(rows[str(file)]["probability"]) == pytest.approx(float(expected.max()), abs=2e-6)
+    raw = torch.softmax(torch.from_numpy(logits), 1).numpy().max(1)
+    assert not np.allclose(raw, scaled.max(1), atol=1e-3)  # the scaling shows in what users read
+
+
 def test_swapped_export_file_is_refused_before_loading(trained_repo, tmp_path):
     repo, env = trained_repo
     copy = tmp_path / "export"
@@ -83,6 +109,11 @@ def test_swapped_export_file_is_refused_before_loading(trained_repo, tmp_path):
                             cwd=repo, env=env, capture_output=True, text=True)
     assert result.returncode == 1 and "model.pt2 does not match its model card" in result.stderr
     assert "Traceback" not in result.stderr
+    shutil.copy(repo / "models/export/model.pt2", copy / "model.pt2")
+    (copy / "calibration.json").write_text(json.dumps({"temperature": 0.01}))  # would fake high confidence
+    result = subprocess.run([sys.executable, "-m", "stages.predict", str(copy), str(image)], cwd=repo, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "calibration.json does not match its model card" in result.stderr
 
 
 def post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:

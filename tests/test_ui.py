@@ -1,0 +1,216 @@
+"""What a person sees, checked in a real browser (headless Chromium from Debian, driven by Playwright): the MLflow
+UI comparing two runs that differ in train.lr, and the page `dvc plots show` writes. Screenshots are saved
+under $UI_SCREENSHOTS (default: this test's temporary folder) so a person can look at them too."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from urllib.error import URLError
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import free_port, run
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.slow]  # on the trained_repo worker (conftest)
+
+CDN = "https://cdn.jsdelivr.net/npm/"  # where the page `dvc plots show` writes loads Vega from
+# MLflow 3.17 opens its chat panel beside every page on a first visit; keep it shut so screenshots show the page
+KEEP_ASSISTANT_CLOSED = """window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
+                           window.localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"""
+
+
+def chromium() -> str:
+    found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.fail("Chromium is not installed: run tests/install_browser.sh (Debian's chromium package), set "
+                    "CHROMIUM=/path/to/chromium, or leave these tests out with -m 'not slow'")
+    return found
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("UI_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def mlflow_server(repo: Path, env: dict, port: int) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--workers", "1"],
+                              cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"mlflow server exited: {server.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except (URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    server.kill()
+    raise AssertionError("mlflow server did not answer /health within 180 s")
+
+
+def loaded_images(locator) -> list[int]:
+    """naturalWidth of each <img> under `locator` (0: it did not load)."""
+    return locator.evaluate_all("images => images.map(i => i.complete ? i.naturalWidth : 0)")
+
+
+def metric_values(page, name: str) -> list[str] | None:
+    """The values the compare view shows for metric `name`, one per run. Names and values are two virtualised
+    grids (only rows in view exist) whose cells line up by their `top`: scroll both until the row appears."""
+    return page.evaluate("""async (name) => {
+        let table = document.querySelector('a[title="Plot chart"]').closest('.ReactVirtualized__Grid');
+        while (table.querySelectorAll('.ReactVirtualized__Grid').length < 2) table = table.parentElement;
+        const [names, values] = table.querySelectorAll('.ReactVirtualized__Grid');
+        for (let top = 0; top <= names.scrollHeight; top += 90) {
+            names.scrollTop = top;
+            values.scrollTop = top;
+            await new Promise(resolve => setTimeout(resolve, 150));
+            const link = [...names.querySelectorAll('a[title="Plot chart"]')].find(a => a.textContent.trim() === name);
+            const cells = link ? values.querySelectorAll('[style*="top: ' + link.parentElement.style.top + ';"]') : [];
+            if (cells.length) return [...cells].map(cell => cell.textContent.trim());
+        }
+        return null;
+    }""", name)
+
+
+def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_version(trained_repo, browser, shots):
+    repo, env = trained_repo
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    first = json.loads((repo / "models/run.json").read_text())["run_id"]  # exported and registered
+    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.003", "-n", "ui-lr", "evaluate"], repo, env)
+    second = client.search_runs([client.get_run(first).info.experiment_id], "tags.`dvc.experiment` = 'ui-lr'",
+                                order_by=["attributes.start_time DESC"])[0].info.run_id
+    runs = {run_id: client.get_run(run_id) for run_id in (first, second)}
+    names = {run_id: r.info.run_name for run_id, r in runs.items()}
+    lrs = {run_id: r.data.params["train.lr"] for run_id, r in runs.items()}
+    assert sorted(lrs.values()) == ["0.003", "0.01"]
+    experiment = runs[first].info.experiment_id
+    [version] = [v for v in client.search_model_versions(f"run_id='{first}'") if "model_card_sha256" in v.tags]
+
+    port = free_port()
+    server = mlflow_server(repo, env, port)
+    try:
+        base = f"http://127.0.0.1:{port}/#/experiments/{experiment}"
+        context = browser.new_context(viewport={"width": 1600, "height": 1100})
+        context.add_init_script(KEEP_ASSISTANT_CLOSED)
+        page = context.new_page()
+
+        # the runs table: tick both runs, press Compare
+        page.goto(f"{base}/runs?workflowType=machine_learning")
+        page.locator(".ag-row").first.wait_for()
+        for run_id in runs:
+            row = page.locator(".ag-row").filter(has_text=names[run_id]).first
+            row.locator("input[type=checkbox]").first.check()
+        page.screenshot(path=shots / "1_runs_selected.png")
+        page.get_by_role("button", name="Compare").click()
+        page.get_by_text("Comparing 2 Runs").wait_for()
+        assert all(run_id in urllib.parse.unquote(page.url) for run_id in runs)
+
+        # the compare view: the params that differ, and the test metrics of both runs
+        page.get_by_role("switch").first.click()  # "Show diff only" for parameters
+        lr_row = page.get_by_role("row").filter(has=page.get_by_text("train.lr", exact=True))
+        lr_row.scroll_into_view_if_needed()
+        assert all(value in lr_row.inner_text() for value in lrs.values())
+        page.screenshot(path=shots / "2_compare_params.png")
+        for metric in ("test_accuracy", "test_ece", "test_ece_calibrated", "temperature"):
+            values = metric_values(page, metric)
+            expected = sorted(runs[run_id].data.metrics[metric] for run_id in runs)
+            assert sorted(map(float, values)) == pytest.approx(expected, abs=6e-4), (metric, values, expected)
+        page.get_by_role("button", name="Metrics").or_(page.get_by_text("Metrics", exact=True)).first \
+            .scroll_into_view_if_needed()
+        page.screenshot(path=shots / "3_compare_metrics.png")
+
+        # the chart view of the same two runs: per-epoch curves, then the pictures evaluate logged
+        search = urllib.parse.quote(f"attributes.run_id IN ('{first}', '{second}')")
+        page.goto(f"{base}/runs?workflowType=machine_learning&compareRunsMode=CHART&searchFilter={search}")
+        charts = page.get_by_placeholder("Search metric charts")
+        charts.fill("val_accuracy")
+        curve = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
+            has=page.get_by_text("val_accuracy", exact=True)).first
+        curve.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for()
+        page.screenshot(path=shots / "4_chart_val_accuracy.png")
+        assert curve.locator(".scatterlayer .trace").count() >= 2  # plotly draws each run's line (and markers)
+        assert all(f"{names[run_id]} (val_accuracy)" in curve.inner_text() for run_id in runs)  # the legend
+        for key in ("confusion_matrix", "reliability", "saliency_01"):
+            charts.fill(key)
+            card = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
+                has=page.get_by_text(key, exact=True)).first
+            card.locator("img").first.wait_for()
+            page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+            widths = loaded_images(card.locator("img"))
+            assert len(widths) == 2 and all(widths), f"{key}: images of both runs should load, got {widths}"
+            card.locator("img").first.scroll_into_view_if_needed()
+            card.screenshot(path=shots / f"5_chart_{key}.png")
+
+        # the run page names the registered model version made from it
+        page.goto(f"{base}/runs/{first}?workflowType=machine_learning")
+        page.get_by_text("Registered models").wait_for()
+        page.screenshot(path=shots / "6_run_registered_version.png")
+        links = page.get_by_role("link").filter(has_text=version.name).all_inner_texts()
+        assert any(f"v{version.version}" in text for text in links), links
+        context.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_dvc_plots_page_renders_every_plot(trained_repo, browser, shots, tmp_path):
+    """`dvc plots show` writes one HTML page. Its charts load Vega from jsdelivr, which this machine cannot
+    reach, so the browser gets the same libraries from vl-convert's offline bundle instead; every chart is then
+    drawn by the page's own code."""
+    import vl_convert
+
+    repo, env = trained_repo
+    out = tmp_path / "dvc_plots"
+    run(["dvc", "plots", "show", "-o", str(out)], repo, env)
+    html = (out / "index.html").read_text()
+    bundle = vl_convert.javascript_bundle()
+    requested = []
+
+    def serve_vega(route):
+        requested.append(route.request.url)
+        body = bundle if "/vega@" in route.request.url else ""  # the bundle holds vega, vega-lite, vega-embed
+        route.fulfill(status=200, content_type="application/javascript", body=body)
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.route(f"{CDN}**", serve_vega)
+    page.route(lambda url: not url.startswith(("file://", CDN)), lambda route: route.abort())  # nothing else
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto((out / "index.html").as_uri())
+    charts = ["loss", "accuracy", "reliability", "plots_confusion_csv"]
+    for chart in charts:
+        assert f'id = "{chart}"' in html, chart
+        page.locator(f"#{chart} canvas, #{chart} svg").first.wait_for()
+        box = page.locator(f"#{chart} canvas, #{chart} svg").first.bounding_box()
+        assert box["width"] > 100 and box["height"] > 100, (chart, box)
+    images = page.locator("img")
+    sources = images.evaluate_all("images => images.map(i => i.getAttribute('src'))")
+    grids = sorted(p.name for p in (repo / "plots/saliency").glob("*.png"))
+    assert any(s.endswith("reliability.png") for s in sources)
+    assert len([s for s in sources if "saliency" in s]) == len(grids) >= 1
+    assert all(loaded_images(images)), f"an image of the plots page did not load: {sources}"
+    assert len(requested) == 3 and not errors, (requested, errors)
+    page.screenshot(path=shots / "7_dvc_plots.png", full_page=True)
+    page.close()
