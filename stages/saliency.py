@@ -8,6 +8,7 @@ architecture table (`cam_layer`)."""
 from __future__ import annotations
 
 import re
+import textwrap
 from pathlib import Path
 
 import torch
@@ -18,10 +19,12 @@ from stages.metrics import confused_pairs
 from stages.outputs import write_figure
 
 
-def grad_cam(model: nn.Module, arch: str, images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+def grad_cam(model: nn.Module, arch: str, images: torch.Tensor, classes: torch.Tensor,
+             cells: list | None = None) -> torch.Tensor:
     """Maps in [0, 1] of shape (N, H, W) at the input's size: where in each image the `cam_layer` activations
     raise the logit of its class in `classes`. Gradient-weighted channel sum, ReLU, bilinear upsampling,
-    each map scaled by its own maximum (an all-zero map stays zero: nothing there argues for the class)."""
+    each map scaled by its own maximum (an all-zero map stays zero: nothing there argues for the class).
+    `cells`, if given, receives the layer's (height, width): how finely the maps can localise at all."""
     layer = model.get_submodule(ARCHITECTURES[arch].cam_layer)
     captured = {}
 
@@ -38,6 +41,8 @@ def grad_cam(model: nn.Module, arch: str, images: torch.Tensor, classes: torch.T
     finally:
         handle.remove()
     activations = captured["activations"]
+    if cells is not None:
+        cells[:] = activations.shape[-2:]
     weights = activations.grad.mean(dim=(2, 3), keepdim=True)  # each channel's importance for the class
     cam = torch.relu((weights * activations).sum(1, keepdim=True)).detach()
     cam = nn.functional.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
@@ -64,7 +69,9 @@ def grid_figure(pixels: torch.Tensor, maps: torch.Tensor, captions: list[str], t
     from matplotlib.figure import Figure
 
     columns = len(captions)
-    figure = Figure(figsize=(1.6 * columns + 0.4, 3.9))
+    width = max(1.6 * columns + 0.4, 6.0)
+    title = "\n".join(textwrap.fill(line, int(width * 13)) for line in title.split("\n"))
+    figure = Figure(figsize=(width, 3.6 + 0.2 * title.count("\n")))
     axes = figure.subplots(2, columns, squeeze=False)
     for column, caption in enumerate(captions):
         top, bottom = axes[0, column], axes[1, column]
@@ -108,8 +115,11 @@ def write_grids(model: nn.Module, arch: str, load, targets: torch.Tensor, logits
             path = file_name(rank, names[actual], names[guess])
         if not chosen:
             continue
-        images = load(chosen)
-        maps = grad_cam(model, arch, images, predicted[chosen].to(images.device)).cpu()
+        images, cells = load(chosen), []
+        maps = grad_cam(model, arch, images, predicted[chosen].to(images.device), cells).cpu()
+        if max(cells) == 1:
+            title += (f"\n{ARCHITECTURES[arch].cam_layer} is 1 x 1 at {images.shape[-1]} px input: each map is "
+                      "one value for the whole image and cannot show where the model looked")
         captions = [f"{names[targets[i]]}\n→ {names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}"
                     for i in chosen]
         figure = grid_figure(to_pixels(images, spec), maps, captions, title)

@@ -46,8 +46,9 @@ def test_the_map_peaks_in_the_corner_that_tells_the_classes_apart():
     test, test_labels = corner_images(16, generator)
     assert (model(test).argmax(1) == test_labels).all(), "the model did not learn the corner"
 
-    marked = test[test_labels == 1]
-    maps = grad_cam(model, "resnet18", marked, torch.ones(len(marked), dtype=torch.long))
+    marked, cells = test[test_labels == 1], []
+    maps = grad_cam(model, "resnet18", marked, torch.ones(len(marked), dtype=torch.long), cells)
+    assert list(cells) == [SIZE // 32, SIZE // 32]
     peaks = maps.flatten(1).argmax(1)
     rows, columns = peaks // SIZE, peaks % SIZE
     in_corner = (rows < SIZE // 2) & (columns >= SIZE // 2)
