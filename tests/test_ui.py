@@ -138,8 +138,14 @@ def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_ver
             values = metric_values(page, metric)
             expected = sorted(runs[run_id].data.metrics[metric] for run_id in runs)
             assert sorted(map(float, values)) == pytest.approx(expected, abs=6e-4), (metric, values, expected)
-        page.get_by_role("button", name="Metrics").or_(page.get_by_text("Metrics", exact=True)).first \
-            .scroll_into_view_if_needed()
+        page.reload()  # the grids were scrolled apart above; show them as a person scrolls them, with the wheel
+        page.get_by_text("Comparing 2 Runs").wait_for()
+        first_metric = page.locator('a[title="Plot chart"]').first
+        first_metric.scroll_into_view_if_needed()
+        box = first_metric.bounding_box()
+        page.mouse.move(box["x"] + box["width"] + 300, box["y"] + box["height"] / 2)  # over the values grid
+        page.mouse.wheel(0, 45 * (len(runs[first].data.metrics) - 6))  # to the last rows: test_* and temperature
+        page.wait_for_timeout(500)
         page.screenshot(path=shots / "3_compare_metrics.png")
 
         # the chart view of the same two runs: per-epoch curves, then the pictures evaluate logged
@@ -167,6 +173,7 @@ def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_ver
         # the run page names the registered model version made from it
         page.goto(f"{base}/runs/{first}?workflowType=machine_learning")
         page.get_by_text("Registered models").wait_for()
+        page.get_by_text("Registered models").scroll_into_view_if_needed()
         page.screenshot(path=shots / "6_run_registered_version.png")
         links = page.get_by_role("link").filter(has_text=version.name).all_inner_texts()
         assert any(f"v{version.version}" in text for text in links), links
