@@ -8,7 +8,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -57,6 +60,22 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def start_server(command: list[str], url: str, cwd: Path, env: dict, wait: float = 180) -> subprocess.Popen:
+    """Start a server process and return it once `url` answers; fails with its stderr if it exits first."""
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"{command} exited: {server.stderr.read()[-2000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return server
+        except (URLError, ConnectionError, TimeoutError):
+            time.sleep(1)
+    server.kill()
+    raise AssertionError(f"{command} did not answer {url} within {wait:.0f} s")
 
 
 def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

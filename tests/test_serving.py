@@ -12,11 +12,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-from urllib.error import HTTPError, URLError
+from urllib.error import HTTPError
 
 import pytest
 
-from tests.conftest import free_port, run
+from tests.conftest import free_port, run, start_server
 
 pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
 
@@ -146,19 +146,8 @@ def frame(values: list) -> bytes:
 
 
 def serve(command: list[str], repo, env, port: int) -> subprocess.Popen:
-    server = subprocess.Popen(command, cwd=repo, env={**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"{command} exited: {server.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                return server
-        except (URLError, ConnectionError, TimeoutError):
-            time.sleep(1)
-    server.kill()
-    raise AssertionError(f"{command} did not answer within 180 s")
+    return start_server(command, f"http://127.0.0.1:{port}/ping", repo,
+                        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
 
 
 def test_hardened_server_reads_only_the_image_sent(trained_repo):

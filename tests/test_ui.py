@@ -9,16 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import free_port, run
+from tests.conftest import free_port, run, start_server
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]  # on the trained_repo worker (conftest)
 
@@ -54,20 +52,9 @@ def shots(tmp_path) -> Path:
 
 
 def mlflow_server(repo: Path, env: dict, port: int) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--workers", "1"],
-                              cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"mlflow server exited: {server.stderr.read()[-2000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except (URLError, ConnectionError, TimeoutError):
-            time.sleep(1)
-    server.kill()
-    raise AssertionError("mlflow server did not answer /health within 180 s")
+    return start_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                         "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--workers", "1"],
+                        f"http://127.0.0.1:{port}/health", repo, env)
 
 
 def loaded_images(locator) -> list[int]:
