@@ -41,14 +41,15 @@ def main() -> None:
         make_photos(data, args.images)
         for workers in args.workers:
             params = load_params(overrides={"prepare": {
-                "data": str(data), "out": f"{tmp}/prepared", "metrics": f"{tmp}/prepare.json",
-                "image_size": args.image_size, "workers": workers}})
+                "data": str(data), "test_data": str(data), "test_fraction": 0.1, "out": f"{tmp}/prepared",
+                "metrics": f"{tmp}/prepare.json", "image_size": args.image_size, "workers": workers}})
             start = time.perf_counter()
             metrics = prepare.run(params)
             seconds = time.perf_counter() - start
             print(f"workers={workers or os.cpu_count()} ({'all cores' if workers == 0 else 'fixed'}): "
                   f"{metrics['input_files']} files in {seconds:.1f} s = {metrics['input_files'] / seconds:.0f} files/s "
-                  f"(500x375 JPEG -> short side {args.image_size} PNG)")
+                  f"(500x375 JPEG -> short side {args.image_size} {params.prepare.format}, "
+                  f"quality {params.prepare.jpeg_quality})")
 
 
 if __name__ == "__main__":

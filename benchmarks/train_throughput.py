@@ -6,7 +6,7 @@ GPU:  PYTHONPATH=. python benchmarks/train_throughput.py --arch resnet50 --batch
 
 It makes its own data: JPEG photos of about 500x375 (q90, 10 classes), cut and colour-shifted from photos that
 installed packages ship (scikit-learn, matplotlib, scikit-image; else benchmarks/photos/), or from --photos DIR.
-The prepared copy is what `prepare` writes (short side --prepared-size, JPEG q95), and a PNG copy to compare.
+The prepared copy is what `prepare` writes (short side --prepared-size, JPEG --quality), and a PNG copy to compare.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -55,9 +56,9 @@ def package_photos() -> list[Path]:
     return found
 
 
-def make_photo(job: tuple[Path, int, Path, Path, Path, int]) -> None:
+def make_photo(job: tuple[Path, int, Path, Path, Path, int, int]) -> None:
     """One ~500x375 JPEG (a random cut of a source photo, colour-shifted) plus its prepared JPEG and PNG."""
-    source, index, originals, prepared, png, prepared_size = job
+    source, index, originals, prepared, png, prepared_size, quality = job
     rng = random.Random(index)
     with Image.open(source) as image:
         image = image.convert("RGB")
@@ -74,13 +75,13 @@ def make_photo(job: tuple[Path, int, Path, Path, Path, int]) -> None:
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
     photo.save(originals / f"{name}.jpg", quality=90)
     small = resize_short_side(photo, prepared_size)
-    save_prepared(small, prepared / f"{name}.jpg", "jpeg", 95)
+    save_prepared(small, prepared / f"{name}.jpg", "jpeg", quality)
     save_prepared(small, png / f"{name}.png", "png", 0)
 
 
-def make_data(root: Path, photos: list[Path], images: int, prepared_size: int) -> dict[str, Path]:
+def make_data(root: Path, photos: list[Path], images: int, prepared_size: int, quality: int) -> dict[str, Path]:
     folders = {name: root / name for name in ("originals", "prepared", "prepared_png")}
-    jobs = [(photos[i % len(photos)], i, *folders.values(), prepared_size) for i in range(images)]
+    jobs = [(photos[i % len(photos)], i, *folders.values(), prepared_size, quality) for i in range(images)]
     with ProcessPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(make_photo, jobs, chunksize=16))
     return folders
@@ -151,23 +152,40 @@ def train_flops(arch: str, size: int, device: torch.device) -> float:
     return counter.get_total_flops() / 2
 
 
-def loader_rate(dataset, batch: int, workers: int, epochs: int = 2) -> float:
-    """Images/s of a pipeline loader alone (uint8 batches), the first epoch (worker start) not counted."""
-    loader = make_loader(dataset, batch, True, workers, 0)
-    for _ in loader:
-        pass
-    start, seen = time.perf_counter(), 0
-    for epoch in range(epochs):
-        loader.sampler.set_epoch(epoch + 1)
-        seen += sum(len(targets) for _, targets in loader)
-    return seen / (time.perf_counter() - start)
+def one_thread(work):
+    """`work()` on one intra-op thread, as in a loader worker: what one core does."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return work()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def loader_rate(dataset, batch: int, workers: int, epochs: int = 3) -> float:
+    """Images/s of a pipeline loader alone (uint8 batches): the median of `epochs` epochs after a first one
+    (worker start, caches) that is not counted. Without workers, on one thread: images/s per core."""
+    def measure() -> float:
+        loader = make_loader(dataset, batch, True, workers, 0)
+        for _ in loader:
+            pass
+        rates = []
+        for epoch in range(epochs):
+            loader.sampler.set_epoch(epoch + 1)
+            start = time.perf_counter()
+            rates.append(sum(len(targets) for _, targets in loader) / (time.perf_counter() - start))
+        return statistics.median(rates)
+    return measure() if workers else one_thread(measure)
 
 
 def seed_loader_rate(originals: Path, size: int, batch: int) -> float:
-    loader = seed_loader(originals, size, batch)
-    start = time.perf_counter()
-    seen = sum(len(targets) for _, targets in loader)
-    return seen / (time.perf_counter() - start)
+    """Images/s per core of the seed's loader (one epoch, one thread)."""
+    def measure() -> float:
+        loader = seed_loader(originals, size, batch)
+        start = time.perf_counter()
+        seen = sum(len(targets) for _, targets in loader)
+        return seen / (time.perf_counter() - start)
+    return one_thread(measure)
 
 
 def main() -> None:
@@ -175,6 +193,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--size", type=int, default=224, help="crop size (px)")
     parser.add_argument("--prepared-size", type=int, default=0, help="prepared short side; 0: size * 256/224")
+    X
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--workers", type=int, default=-1, help="loader processes; -1: the pipeline's default")
@@ -195,13 +214,14 @@ def main() -> None:
     if not photos:
         raise SystemExit(f"no source photos in {args.photos or SHIPPED}: pass --photos DIR (a folder of JPEGs)")
     layout = torch.channels_last
-    figures: dict = {"arch": args.arch, "size": args.size, "prepared_size": prepared_size, "batch": args.batch,
+    figures: dict = {"arch": args.arch, "size": args.size, "prepared_size": prepared_size, "quality": args.quality,
+                     "batch": args.batch,
                      "images": args.images, "workers": workers, "device": str(device), "pinned": args.pinned,
                      "threads": torch.get_num_threads(), "gpu": torch.cuda.get_device_name() if device.type == "cuda"
                      else None, "cpu": runtime.cpu_model(), "photos": [p.name for p in photos]}
     with tempfile.TemporaryDirectory() as scratch:
         start = time.perf_counter()
-        folders = make_data(Path(scratch), photos, args.images, prepared_size)
+        folders = make_data(Path(scratch), photos, args.images, prepared_size, args.quality)
         figures["data_s"] = time.perf_counter() - start
         figures["kb_per_image"] = {name: folder_kb(folder) for name, folder in folders.items()}
         train_set = image_folder(str(folders["prepared"]), train_transform(args.size, 0.08, True), read_image)
@@ -210,12 +230,12 @@ def main() -> None:
         # the loader alone: one process (per core), then the workers
         figures["loader_per_core"] = {"seed_pil_originals_float32": seed_loader_rate(folders["originals"],
                                                                                      args.size, args.batch),
-                                      "prepared_png_uint8": loader_rate(png_set, args.batch, 0, 1),
-                                      "prepared_jpeg_uint8": loader_rate(train_set, args.batch, 0, 1)}
+                                      "prepared_png_uint8": loader_rate(png_set, args.batch, 0),
+                                      "prepared_jpeg_uint8": loader_rate(train_set, args.batch, 0)}
         start = time.perf_counter()
         decoded = DecodedImages(train_set, workers)
         figures["ram_cache"] = {"decode_s": time.perf_counter() - start, "mib": decoded.nbytes / 2**20}
-        figures["loader_per_core"]["ram_cache_uint8"] = loader_rate(decoded, args.batch, 0, 1)
+        figures["loader_per_core"]["ram_cache_uint8"] = loader_rate(decoded, args.batch, 0)
         del decoded
         if workers:
             rate = loader_rate(train_set, args.batch, workers)
@@ -271,9 +291,9 @@ def report(figures: dict, args, device: torch.device) -> None:
     print(f"{args.arch} at {args.size} px, batch {args.batch}, {args.images} images, {figures['workers']} workers, "
           f"{figures['device']} ({figures['gpu'] or figures['cpu']}), {figures['threads']} threads, "
           f"{'pinned' if args.pinned else 'unpinned'}{', compiled' if args.compile else ''}")
-    print(f"data: {figures['data_s']:.1f} s to make; KB per image: " + ", ".join(
+    print(f"data: {figures['data_s']:.1f} s to make; prepared JPEG quality {args.quality}; KB per image: " + ", ".join(
         f"{k} {v:.1f}" for k, v in figures["kb_per_image"].items()))
-    print("loader, one process (img/s per core): " + ", ".join(
+    print("loader, one process on one thread (img/s per core, median of 3 epochs): " + ", ".join(
         f"{k} {v:.0f}" for k, v in figures["loader_per_core"].items()))
     print(f"RAM cache (train.cache_images): {figures['ram_cache']['mib']:.0f} MiB, decoded in "
           f"{figures['ram_cache']['decode_s']:.1f} s")

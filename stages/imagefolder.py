@@ -172,10 +172,17 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     return image if new == image.size else image.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def save_prepared(image: Image.Image, path: Path, image_format: str, quality: int) -> None:
-    """Write a prepared image: JPEG (`quality`, 4:2:0 chroma like camera files: measured 1.5x faster to decode
-    than 4:4:4 and 25% smaller) or lossless PNG."""
+def encode_prepared(image: Image.Image, image_format: str, quality: int) -> bytes:
+    """A prepared image's file bytes: JPEG (`quality`, 4:2:0 chroma like camera files: measured 1.5x faster to
+    decode than 4:4:4 and 25% smaller) or lossless PNG."""
+    buffer = io.BytesIO()
     if image_format == "jpeg":
-        image.save(path, format="JPEG", quality=quality, subsampling=2)
+        image.save(buffer, format="JPEG", quality=quality, subsampling=2)
     else:
-        image.save(path, format="PNG")
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_prepared(image: Image.Image, path: Path, image_format: str, quality: int) -> None:
+    """Write a prepared image (`encode_prepared`)."""
+    path.write_bytes(encode_prepared(image, image_format, quality))

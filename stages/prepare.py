@@ -17,8 +17,8 @@ from stages.imagefolder import (
     BadImage,
     Candidate,
     decode_image,
+    encode_prepared,
     resize_short_side,
-    save_prepared,
     scan,
 )
 from stages.outputs import write_csv, write_json
@@ -168,16 +168,19 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_
         return {"kind": error.kind, "reason": str(error), "sha256": sha}
     pixels = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
     staged = staging / f"{sha}{PREPARED_SUFFIXES[image_format]}"
-    if not staged.exists():  # the same file twice (a duplicate) is decoded and written once
+    if staged.exists():  # the same file twice (a duplicate) is decoded and written once
+        encoded = staged.read_bytes()
+    else:
+        encoded = encode_prepared(resize_short_side(image, image_size), image_format, quality)
         temporary = staging / f"{sha}.{os.getpid()}.tmp"
         try:
-            save_prepared(resize_short_side(image, image_size), temporary, image_format, quality)
+            temporary.write_bytes(encoded)
             os.replace(temporary, staged)
         except OSError as error:
             temporary.unlink(missing_ok=True)
             raise OSError(error.errno, f"cannot write {staged} (decoded from {path}): {error.strerror or error}. "
                                        "Free space on the disk of prepare.out, then run the stage again") from None
-    return {"sha256": sha, "pixels_sha256": pixels, "file_sha256": hashlib.sha256(staged.read_bytes()).hexdigest(),
+    return {"sha256": sha, "pixels_sha256": pixels, "file_sha256": hashlib.sha256(encoded).hexdigest(),
             "width": image.size[0], "height": image.size[1]}
 
 

@@ -44,6 +44,26 @@ def test_uint8_batches_normalised_on_the_device_equal_the_serving_transform(tmp_
     assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, expected)
 
 
+@pytest.mark.parametrize("scale_min, hflip", [(0.08, True), (1.0, True), (0.5, False)])
+def test_train_crop_draws_and_makes_what_the_composed_v2_transforms_do(scale_min, hflip):
+    from torchvision.transforms import v2
+    steps = [v2.ToImage(), v2.RandomResizedCrop(24, scale=(scale_min, 1.0), antialias=True)]
+    composed = v2.Compose(steps + ([v2.RandomHorizontalFlip()] if hflip else []))
+    crop = train_transform(24, scale_min, hflip)
+    generator = torch.Generator().manual_seed(3)
+    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+              for h, w in [(40, 56), (56, 40), (24, 24), (31, 200), (100, 100)] * 8]
+    images += [Image.fromarray(images[0].permute(1, 2, 0).numpy()), Image.fromarray(images[3].permute(1, 2, 0).numpy())]
+    torch.manual_seed(7)
+    expected = [composed(image) for image in images]
+    after_composed = torch.rand(1)
+    torch.manual_seed(7)
+    made = [crop(image) for image in images]
+    assert torch.rand(1) == after_composed  # the same number of draws: later images' crops do not shift
+    assert all(type(m) is torch.Tensor and m.dtype == torch.uint8 and m.shape == (3, 24, 24) for m in made)
+    assert all(torch.equal(m, e) for m, e in zip(made, expected))
+
+
 def test_cuda_only_switches_are_chosen_for_a_cuda_device():
     model = torch.nn.Linear(3, 2)
     assert make_optimizer(model, "adamw", 1e-3, 0.0, 0.0, CUDA).defaults["fused"] is True
