@@ -106,19 +106,23 @@ def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
     return build_pipeline_repo(tmp_path / "repo")
 
 
-# The modules whose tests use trained_repo: pytest-xdist runs them all on one worker, in order (their
-# xdist_group marks are lost under pytest 9, whose node ids xdist 3.8 can no longer suffix).
-TRAINED_REPO_MODULES = ("tests/test_lineage.py", "tests/test_pipeline.py", "tests/test_serving.py",
-                        "tests/test_team.py", "tests/test_ui.py")
+# The modules whose tests use trained_repo, in two groups. pytest-xdist runs each group on one worker, in order
+# (their xdist_group marks are lost under pytest 9, whose node ids xdist 3.8 can no longer suffix). A worker
+# builds its own trained repo (a session fixture), so two groups cost one more tiny `dvc repro` (~2 min) and
+# let CI's two workers each take about half of the ~19 min these tests take in all.
+TRAINED_REPO_GROUPS = {"tests/test_lineage.py": "trained_repo", "tests/test_pipeline.py": "trained_repo",
+                       "tests/test_serving.py": "trained_repo", "tests/test_team.py": "trained_repo_b",
+                       "tests/test_ui.py": "trained_repo_b"}
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Load balancing, one test at a time, except the trained_repo modules, which are one unit of work."""
+    """Load balancing, one test at a time, except each group of trained_repo modules, which is one unit of work
+    (the largest units start first)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedRepoScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "trained_repo" if nodeid.split("::", 1)[0] in TRAINED_REPO_MODULES else nodeid
+            return TRAINED_REPO_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
 
     return SharedRepoScheduling(config, log)
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import digest, run, set_param
 
-pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
+pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
 
 def lineage(repo, env) -> subprocess.CompletedProcess:

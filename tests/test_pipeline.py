@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import digest, run, set_param
 
-pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
+pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 STAGES = ["prepare", "pretrain", "train", "evaluate", "export"]
 
 

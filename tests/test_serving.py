@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import free_port, run, start_server
 
-pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
+pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
 
 def registered(repo) -> str:

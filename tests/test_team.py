@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import digest, free_port, run
 
-pytestmark = pytest.mark.pipeline  # on the trained_repo worker (conftest.TRAINED_REPO_MODULES)
+pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
 
 def lock_outputs(repo: Path) -> dict[str, str]:
