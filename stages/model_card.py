@@ -14,13 +14,14 @@ from stages.params import Params
 
 
 def dvc_hashes(params: Params, root: Path | None = None) -> dict:
-    """The dvc.lock md5 of each input and output an auditor may want to check, by role."""
+    """The dvc.lock md5 of each input and output an auditor may want to check, by role. `manifest` is the file
+    train and evaluate depend on: every prepared image's split, class and SHA-256 (the splits are not separate
+    DVC entries; `prepared` covers all three folders)."""
     lock, prepared = tracking.dvc_lock_hashes(root), params.prepare.out
     return {"data": lock.get("prepare", {}).get(params.prepare.data, ""),
+            "test_data": lock.get("prepare", {}).get(params.prepare.test_data, ""),
             "prepared": lock.get("prepare", {}).get(prepared, ""),
-            "split_train": lock.get("train", {}).get(f"{prepared}/train", ""),
-            "split_val": lock.get("train", {}).get(f"{prepared}/val", ""),
-            "split_test": lock.get("evaluate", {}).get(f"{prepared}/test", ""),
+            "manifest": lock.get("train", {}).get(f"{prepared}/manifest.csv", ""),
             "pretrained": lock.get("pretrain", {}).get(params.pretrain.out, ""),
             "model": lock.get("train", {}).get(params.train.out, "")}
 

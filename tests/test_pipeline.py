@@ -47,6 +47,7 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
         assert figures["top1_agreement"] == 1.0 and figures["max_abs_diff"] <= figures["atol"]
     assert card["weights_provenance"]["source"] == "dataset"
     assert len(card["git"]["git_commit"]) == 40 and card["dvc"]["prepared"].endswith(".dir")
+    assert all(card["dvc"].values()), f"model card dvc md5s left empty: {card['dvc']}"
     assert card["git"]["git_dirty"] is False
     history = (repo / "plots/train.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss") and len(history) == 3  # header + 2 epochs
