@@ -193,7 +193,7 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--size", type=int, default=224, help="crop size (px)")
     parser.add_argument("--prepared-size", type=int, default=0, help="prepared short side; 0: size * 256/224")
-    X
+    parser.add_argument("--quality", type=int, default=95, help="prepared JPEG quality (params.yaml's default)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--workers", type=int, default=-1, help="loader processes; -1: the pipeline's default")
