@@ -1,0 +1,39 @@
+"""The benchmark scripts run and print their figures: the GPU run is one command on a borrowed machine, so a
+script that fails at its first line costs that machine's whole budget. Tiny sizes here; the figures are checked
+for shape and sense, not speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import ROOT, clean_env
+
+
+def script(name: str, *args: str, cwd=ROOT) -> str:
+    env = clean_env() | {"PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_train_throughput_prints_every_figure(tmp_path):
+    figures_file = tmp_path / "figures.json"
+    out = script("train_throughput.py", "--arch", "resnet18", "--size", "32", "--batch", "8", "--images", "48",
+                 "--workers", "1", "--threads", "1", "--json", str(figures_file))
+    for line in ("loader, one process on one thread", "loader, 1 workers", "seed's loop", "pipeline (prepared JPEG",
+                 "model-bound ceiling", "pipeline / ceiling", "pipeline / seed", "frozen backbone", "FLOPs per"):
+        assert line in out, f"missing {line!r} in:\n{out}"
+    figures = json.loads(figures_file.read_text())
+    rates = [*figures["loader_per_core"].values(), figures["pipeline"], figures["ceiling"], figures["seed"]]
+    assert all(rate > 0 for rate in rates), figures
+    assert figures["quality"] == 95 and figures["kb_per_image"]["prepared_png"] > figures["kb_per_image"]["prepared"]
+    assert figures["frozen"]["full_over_cached"] > 1
+    assert 0.2 < figures["gflop_per_train_image"] < 0.24  # ResNet-18: 10.65 GFLOP at 224 px, 0.217 at 32 px
+
+
+def test_prepare_throughput_prints_files_per_second():
+    out = script("prepare_throughput.py", "--images", "40", "--workers", "1")
+    assert "workers=1 (fixed): 40 files in" in out and "files/s" in out, out
