@@ -62,20 +62,23 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(command: list[str], url: str, cwd: Path, env: dict, wait: float = 180) -> subprocess.Popen:
-    """Start a server process and return it once `url` answers; fails with its stderr if it exits first."""
-    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def start_server(command: list[str], url: str, cwd: Path, env: dict | None, log: Path,
+                 wait: float = 180) -> subprocess.Popen:
+    """Start a server process and return it once `url` answers. Its output goes to `log` (a pipe nobody reads
+    would block a chatty server once full); if it exits first or never answers, the error holds the log's end."""
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise AssertionError(f"{command} exited: {server.stderr.read()[-2000:]}")
+            raise AssertionError(f"{command} exited: {log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return server
         except (URLError, ConnectionError, TimeoutError):
             time.sleep(1)
     server.kill()
-    raise AssertionError(f"{command} did not answer {url} within {wait:.0f} s")
+    raise AssertionError(f"{command} did not answer {url} within {wait:.0f} s: {log.read_text()[-2000:]}")
 
 
 def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

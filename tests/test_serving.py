@@ -147,7 +147,8 @@ def frame(values: list) -> bytes:
 
 def serve(command: list[str], repo, env, port: int) -> subprocess.Popen:
     return start_server(command, f"http://127.0.0.1:{port}/ping", repo,
-                        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"})
+                        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"},
+                        repo.parent / f"server-{port}.log")
 
 
 def test_hardened_server_reads_only_the_image_sent(trained_repo):

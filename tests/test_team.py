@@ -9,14 +9,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import digest, free_port, run
+from tests.conftest import digest, free_port, run, start_server
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -65,29 +64,16 @@ def test_a_fresh_clone_pulls_everything_and_has_nothing_to_rerun(trained_repo, t
 def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 over a sqlite store, serving the artifacts itself; yields its URI."""
     port = free_port()
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                               "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--serve-artifacts",
-                               "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-                              stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    server = start_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--serve-artifacts",
+                           "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                          f"{uri}/health", tmp_path, None, tmp_path / "server.log", wait=120)
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError as error:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"mlflow server did not start ({error}):\n"
-                                         f"{(tmp_path / 'server.log').read_text()}") from error
-                time.sleep(0.5)
         yield uri
     finally:
         server.terminate()
         server.wait(timeout=30)
-        log.close()
 
 
 def test_every_stage_logs_to_one_mlflow_server(trained_repo, tmp_path, mlflow_server):

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 
 from tests.conftest import free_port, run, start_server
 
-pytestmark = [pytest.mark.pipeline, pytest.mark.slow]  # on the trained_repo worker (conftest)
+pytestmark = [pytest.mark.pipeline, pytest.mark.slow]  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
 CDN = "https://cdn.jsdelivr.net/npm/"  # where the page `dvc plots show` writes loads Vega from
 # MLflow 3.17 opens its chat panel beside every page on a first visit; keep it shut so screenshots show the page
@@ -54,7 +54,7 @@ def shots(tmp_path) -> Path:
 def mlflow_server(repo: Path, env: dict, port: int) -> subprocess.Popen:
     return start_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                          "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--workers", "1"],
-                        f"http://127.0.0.1:{port}/health", repo, env)
+                        f"http://127.0.0.1:{port}/health", repo, env, repo.parent / f"mlflow-server-{port}.log")
 
 
 def loaded_images(locator) -> list[int]:
