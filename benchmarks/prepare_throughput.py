@@ -39,10 +39,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "photos"
         make_photos(data, args.images)
+        params_file = Path("params.yaml").absolute()
+        os.chdir(tmp)  # prepare writes data/prepared and metrics/ here
         for workers in args.workers:
-            params = load_params(overrides={"prepare": {
-                "data": str(data), "test_data": str(data), "test_fraction": 0.1, "out": f"{tmp}/prepared",
-                "metrics": f"{tmp}/prepare.json", "image_size": args.image_size, "workers": workers}})
+            params = load_params(params_file, overrides={"prepare": {
+                "data": str(data), "test_data": str(data), "test_fraction": 0.1, "image_size": args.image_size,
+                "workers": workers}})
             start = time.perf_counter()
             metrics = prepare.run(params)
             seconds = time.perf_counter() - start

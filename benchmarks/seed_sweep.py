@@ -94,7 +94,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         rows = [row for seed in args.seeds for row in run_seed(Path(scratch), seed)]
     from stages.params import load_params
-    from stages.tracking import params_hash
+    from stages.provenance import params_hash
     result = {"params_sha256": params_hash(load_params(ROOT / "params.yaml").as_dict()), "variants": VARIANTS,
               "runs": rows, "summary": summarize(rows)}
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,5 +1,5 @@
-"""The entry point every stage shares: load params.yaml once, set up torch, run, and turn failures into one
-clear line."""
+"""The entry point every stage shares: load params.yaml once, confine the stage to its outputs, set up torch,
+run, and turn failures into one clear line."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
 
+from stages import layout
 from stages.params import Params, load_params
 from stages.repository import check_committed
+from stages.workspace import check_outputs, one_stage_at_a_time
 
 log = logging.getLogger("stage")
 # Failures a user can fix (bad params, data, paths, weights, unreachable store): their message says how.
@@ -26,19 +30,26 @@ def _terminate(signum, frame) -> None:
 
 
 def stage_main(run: Callable[[Params], dict], uses_torch: bool = True) -> None:
-    """Run a stage as a process. Torch is set up (runtime.pin) before the stage touches a tensor."""
+    """Run a stage as a process, from the repository root (where DVC runs it): params read and checked, the
+    stage's outputs confined to what it declares, one stage at a time, a committed tree, and torch set up
+    (runtime.pin) before the stage touches a tensor."""
+    stage = run.__globals__["__spec__"].name.rsplit(".", 1)[-1]  # `python -m stages.train`: its module is __main__
     rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None  # a torchrun rank
     logging.basicConfig(level=logging.INFO if rank in (None, "0") else logging.WARNING,
                         format=f"%(asctime)s {'' if rank is None else f'[rank {rank}] '}%(name)s %(message)s")
     signal.signal(signal.SIGTERM, _terminate)
     try:
         params = load_params()
-        check_committed(params.export.allow_dirty, params.output_paths())  # before any work, not after it
-        if uses_torch:
-            from stages import runtime
-            runtime.pin(params.runtime.reproducible, params.runtime.threads,
-                        runtime.resolve_device(params.train.device))
-        run(params)
+        root = Path.cwd()
+        check_outputs(stage, root)  # before anything is deleted or written
+        launched = "LOCAL_RANK" in os.environ  # a torchrun rank: its launcher holds the workspace
+        with nullcontext() if launched else one_stage_at_a_time(stage, root):
+            check_committed(params.export.allow_dirty, layout.all_outputs())  # before any work, not after it
+            if uses_torch:
+                from stages import runtime
+                runtime.pin(params.runtime.reproducible, params.runtime.threads,
+                            runtime.resolve_device(params.train.device))
+            run(params)
     except USER_ERRORS as error:
         if os.environ.get("PIPELINE_TRACEBACK"):
             raise

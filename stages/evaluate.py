@@ -5,20 +5,19 @@ of the most frequent confusions; all of it as DVC metrics and plots and in the m
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from stages import runtime, tracking
+from stages import layout, runtime, tracking
 from stages.calibration import calibrate, reliability_figure
 from stages.cli import stage_main
 from stages.data import eval_crop, make_loader, split_folder, to_model_input
 from stages.metrics import bootstrap_intervals, gaps, score
 from stages.model import load_checkpoint, model_from_checkpoint
-from stages.outputs import write_csv, write_figure, write_json
+from stages.outputs import replace_folder, write_csv, write_figure, write_json
 from stages.params import Params
 from stages.saliency import write_grids
 from stages.training import predict
@@ -28,32 +27,33 @@ log = logging.getLogger("evaluate")
 
 def run(params: Params) -> dict:
     """Score models/model.pt on the test split; write metrics/plots and add them to the model's run."""
-    checkpoint = load_checkpoint(params.train.out, made_by="train")
+    client = tracking.connect(params.tracking.timeout)  # an unusable store fails here, before any work
+    run_id = tracking.reopen(client, layout.RUN, "evaluate").info.run_id
+    checkpoint = load_checkpoint(layout.MODEL, made_by="train")
     class_names = checkpoint["class_names"]
-    test_set = split_folder(params.prepare.out, "test", eval_crop(checkpoint["preprocessing"]))
+    test_set = split_folder(layout.PREPARED, "test", eval_crop(checkpoint["preprocessing"]))
     if test_set.classes != class_names:
         raise ValueError(f"test split classes {test_set.classes} differ from the model's {class_names}; "
                          "re-run `dvc repro`")
     cfg, device = params.evaluate, runtime.resolve_device(params.train.device)
-    environment = runtime.write_fingerprint(params.runtime.fingerprints, "evaluate", device,
-                                            params.runtime.reproducible)
+    environment = runtime.write_fingerprint("evaluate", device, params.runtime.reproducible)
     loader = make_loader(test_set, cfg.batch_size, False, params.train.num_workers, 0)
-    layout = runtime.memory_format(params.runtime.channels_last)
-    model = model_from_checkpoint(checkpoint).to(device, memory_format=layout)
-    logits, targets = predict(model, loader, device, layout)
+    memory = runtime.memory_format(params.runtime.channels_last)
+    model = model_from_checkpoint(checkpoint).to(device, memory_format=memory)
+    logits, targets = predict(model, loader, device, memory)
     predicted = logits.argmax(1)
     metrics = score(targets.numpy(), predicted.numpy(), class_names)
     metrics["test_loss"] = nn.functional.cross_entropy(logits, targets).item()
     metrics |= bootstrap_intervals(targets.numpy(), predicted.numpy(), len(class_names), cfg.bootstrap, cfg.seed)
-    calibration = calibrate(*val_logits(params, checkpoint, model, device, layout), logits, targets,
+    calibration = calibrate(*val_logits(params, checkpoint, model, device, memory), logits, targets,
                             cfg.temperature_scaling)
     metrics |= {k: v for k, v in calibration.items() if k != "bins"}
     metrics |= gaps(targets.numpy(), predicted.numpy(), class_names, cfg.gaps)
-    write_json(cfg.metrics, metrics)
-    write_confusion(cfg.plots, test_set, targets, predicted, class_names)
-    figures = write_reliability(Path(cfg.reliability), calibration)
-    figures += write_saliency(params, checkpoint, model, test_set, device, layout, targets, logits)
-    log_to_run(params, metrics, environment, targets.numpy(), predicted.numpy(), class_names, figures)
+    write_json(layout.EVALUATE_METRICS, metrics)
+    write_confusion(layout.CONFUSION, test_set, targets, predicted, class_names)
+    figures = write_reliability(calibration)
+    figures += write_saliency(params, checkpoint, model, test_set, device, memory, targets, logits)
+    log_to_run(client, run_id, metrics, environment, targets.numpy(), predicted.numpy(), class_names, figures)
     log.info("test accuracy %.4f (95%% CI %.4f-%.4f), macro F1 %.4f (%.4f-%.4f) on %d images",
              metrics["test_accuracy"], *metrics["test_accuracy_ci95"].values(), metrics["test_f1_macro"],
              *metrics["test_f1_macro_ci95"].values(), len(test_set))
@@ -71,12 +71,12 @@ def run(params: Params) -> dict:
     return metrics
 
 
-def val_logits(params: Params, checkpoint: dict, model, device, layout) -> tuple[torch.Tensor, torch.Tensor]:
+def val_logits(params: Params, checkpoint: dict, model, device, memory) -> tuple[torch.Tensor, torch.Tensor]:
     """The val split's logits and targets, for fitting the temperature (empty when it is not fitted)."""
     if not params.evaluate.temperature_scaling:
         return torch.empty(0, len(checkpoint["class_names"])), torch.empty(0, dtype=torch.long)
     try:
-        val_set = split_folder(params.prepare.out, "val", eval_crop(checkpoint["preprocessing"]))
+        val_set = split_folder(layout.PREPARED, "val", eval_crop(checkpoint["preprocessing"]))
     except FileNotFoundError as error:
         raise FileNotFoundError(f"evaluate.temperature_scaling is true but the val split cannot be read ({error}); "
                                 "raise prepare.val_fraction, or set evaluate.temperature_scaling: false") from None
@@ -84,33 +84,33 @@ def val_logits(params: Params, checkpoint: dict, model, device, layout) -> tuple
         raise ValueError(f"val split classes {val_set.classes} differ from the model's {checkpoint['class_names']}; "
                          "re-run `dvc repro`")
     loader = make_loader(val_set, params.evaluate.batch_size, False, params.train.num_workers, 0)
-    return predict(model, loader, device, layout)
+    return predict(model, loader, device, memory)
 
 
-def write_reliability(folder: Path, calibration: dict) -> list[Path]:
-    """One CSV per curve (a DVC plot draws them together) and the diagram as a PNG."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, rows in calibration["bins"].items():
-        write_csv(folder / f"{name}.csv", ["confidence", "accuracy", "images", "low", "high"],
-                  [{k: row[k] for k in ("confidence", "accuracy", "images", "low", "high")}
-                   for row in rows if row["images"]])
-    return [write_figure(folder / "reliability.png", reliability_figure(calibration))]
+def write_reliability(calibration: dict) -> list[Path]:
+    """One CSV per curve (a DVC plot draws them together) and the diagram as a PNG, in plots/reliability."""
+    with replace_folder(layout.RELIABILITY) as folder:
+        for name, rows in calibration["bins"].items():
+            write_csv(folder / f"{name}.csv", ["confidence", "accuracy", "images", "low", "high"],
+                      [{k: row[k] for k in ("confidence", "accuracy", "images", "low", "high")}
+                       for row in rows if row["images"]])
+        write_figure(folder / "reliability.png", reliability_figure(calibration))
+    return [Path(layout.RELIABILITY) / "reliability.png"]
 
 
-def write_saliency(params: Params, checkpoint: dict, model, test_set, device, layout, targets, logits) -> list[Path]:
-    """Grad-CAM grids of the most frequent confusions, in a folder emptied first (no stale pair survives)."""
-    cfg, folder = params.evaluate, Path(params.evaluate.saliency)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+def write_saliency(params: Params, checkpoint: dict, model, test_set, device, memory, targets, logits) -> list[Path]:
+    """Grad-CAM grids of the most frequent confusions, in plots/saliency, replaced whole (no stale pair survives)."""
+    cfg = params.evaluate
 
     def load(indices: list[int]) -> torch.Tensor:
-        return to_model_input(torch.stack([test_set[i][0] for i in indices]), device, layout)
+        return to_model_input(torch.stack([test_set[i][0] for i in indices]), device, memory)
 
-    grids = write_grids(model, checkpoint["arch"], load, targets, logits, checkpoint["class_names"],
-                        checkpoint["preprocessing"], folder, cfg.saliency_pairs, cfg.saliency_wrong, cfg.saliency_right)
-    log.info("Grad-CAM grids of the %d most frequent confusions in %s", len(grids), folder)
-    return grids
+    with replace_folder(layout.SALIENCY) as folder:
+        grids = write_grids(model, checkpoint["arch"], load, targets, logits, checkpoint["class_names"],
+                            checkpoint["preprocessing"], folder, cfg.saliency_pairs, cfg.saliency_wrong,
+                            cfg.saliency_right)
+    log.info("Grad-CAM grids of the %d most frequent confusions in %s", len(grids), layout.SALIENCY)
+    return [Path(layout.SALIENCY) / grid.name for grid in grids]
 
 
 def write_confusion(path: str, dataset, targets: torch.Tensor, predicted: torch.Tensor, names: list[str]) -> None:
@@ -121,7 +121,7 @@ def write_confusion(path: str, dataset, targets: torch.Tensor, predicted: torch.
                for (file, _), actual, guess in zip(dataset.samples, targets.tolist(), predicted.tolist())])
 
 
-def log_to_run(params: Params, metrics: dict, environment: dict, targets, predicted, class_names: list[str],
+def log_to_run(client, run_id: str, metrics: dict, environment: dict, targets, predicted, class_names: list[str],
                figures: list[Path]) -> None:
     """Add test metrics, the per-class report and gaps, the confusion matrix, the reliability diagram and the
     Grad-CAM grids to the train stage's run, without changing its status. The pictures are files under
@@ -132,8 +132,6 @@ def log_to_run(params: Params, metrics: dict, environment: dict, targets, predic
     from PIL import Image
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    client = tracking.connect(params.tracking.timeout)
-    run_id = tracking.reopen(client, params.train.run, "evaluate").info.run_id
     values = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     values |= {f"{k}_{bound}": v[bound] for k, v in metrics.items() if k.endswith("_ci95") for bound in ("low", "high")}
     tracking.log_epoch_metrics(client, run_id, 0, values)
@@ -149,7 +147,7 @@ def log_to_run(params: Params, metrics: dict, environment: dict, targets, predic
     client.log_figure(run_id, display.figure_, "evaluate/confusion_matrix.png")
     pictures = {"confusion_matrix": display.figure_}
     for path in figures:
-        saliency = path.parent == Path(params.evaluate.saliency)
+        saliency = path.parent == Path(layout.SALIENCY)
         client.log_artifact(run_id, str(path), "evaluate/saliency" if saliency else "evaluate")
         pictures[f"saliency_{path.name[:2]}" if saliency else path.stem] = path
     for key, picture in pictures.items():

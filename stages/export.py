@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stages import runtime, tracking
+from stages import layout, runtime, tracking
 from stages.cli import stage_main
 from stages.data import eval_crop, make_loader, split_folder, to_model_input
 from stages.exported import (
@@ -29,7 +28,7 @@ from stages.exported import (
 from stages.imagefolder import sha256_file
 from stages.model import load_checkpoint, model_from_checkpoint
 from stages.model_card import card_markdown, model_card
-from stages.outputs import write_json, write_text
+from stages.outputs import replace_folder, write_json, write_text
 from stages.params import Params
 from stages.repository import check_committed
 
@@ -37,33 +36,33 @@ log = logging.getLogger("export")
 
 
 def run(params: Params) -> dict:
-    """Export, prove parity on real test images, describe it all in a card, and register it last."""
+    """Export, prove parity on real test images, describe it all in a card, and register it last. The new export
+    replaces models/export only when all of that succeeded; a failure leaves the previous one as it was."""
     cfg = params.export
-    git = check_committed(cfg.allow_dirty, params.output_paths())  # before any work
+    git = check_committed(cfg.allow_dirty, layout.all_outputs())  # before any work
     client = tracking.connect(params.tracking.timeout)
-    run_id = tracking.reopen(client, params.train.run, "export").info.run_id
-    out = Path(cfg.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    checkpoint = load_checkpoint(params.train.out, made_by="train")
+    run = tracking.reopen(client, layout.RUN, "export")
+    run_id = run.info.run_id
+    checkpoint = load_checkpoint(layout.MODEL, made_by="train")
     model = model_from_checkpoint(checkpoint)
     images = test_images(params, checkpoint)
-    export_program(model, images[:2], out / PROGRAM_FILE)
-    export_onnx(model, images[:2], out / ONNX_FILE, cfg.onnx_opset)
-    parity = check_parity(model, out, images, cfg.atol)
-    write_json(out / "labels.json", checkpoint["class_names"])
-    write_json(out / "preprocessing.json", checkpoint["preprocessing"])
-    write_json(out / CALIBRATION_FILE, calibration(params))
-    environment = runtime.fingerprint(torch.device("cpu"), params.runtime.reproducible)
-    card = model_card(params, checkpoint, parity, {"name": cfg.registered_model, "run_id": run_id}, git, out,
-                      environment)
-    write_json(out / CARD_FILE, card)
-    write_text(out / "model_card.md", card_markdown(card))
-    card_sha = sha256_file(out / CARD_FILE)
-    log_card(client, run_id, out, parity, card, card_sha)
-    registered = register(client, params, out, run_id, card, card_sha)  # last: a version is always complete
-    write_json(out / "registry.json", registered)  # informational: the card is found from the version by hash
+    with replace_folder(layout.EXPORT) as out:
+        export_program(model, images[:2], out / PROGRAM_FILE)
+        export_onnx(model, images[:2], out / ONNX_FILE, cfg.onnx_opset)
+        parity = check_parity(model, out, images, cfg.atol)
+        write_json(out / "labels.json", checkpoint["class_names"])
+        write_json(out / "preprocessing.json", checkpoint["preprocessing"])
+        write_json(out / CALIBRATION_FILE, calibration())
+        environment = runtime.fingerprint(torch.device("cpu"), params.runtime.reproducible)
+        git |= {"train_commit": run.data.tags.get("git_commit", "")}  # where the model was trained
+        card = model_card(params, checkpoint, parity, {"name": cfg.registered_model, "run_id": run_id}, git, out,
+                          environment)
+        write_json(out / CARD_FILE, card)
+        write_text(out / "model_card.md", card_markdown(card))
+        card_sha = sha256_file(out / CARD_FILE)
+        log_card(client, run_id, out, parity, card, card_sha)
+        registered = register(client, params, out, run_id, card, card_sha)  # last: a version is always complete
+        write_json(out / "registry.json", registered)  # informational: the card is found from the version by hash
     for name, figures in parity.items():
         log.info("%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f", name,
                  figures["images"], figures["max_abs_diff"], figures["top1_agreement"])
@@ -72,14 +71,14 @@ def run(params: Params) -> dict:
     return {"parity": parity, "registered": registered}
 
 
-def calibration(params: Params) -> dict:
+def calibration() -> dict:
     """The temperature evaluate fitted on val, and the test ECE it was judged by (the model card shows both)."""
-    found = json.loads(Path(params.evaluate.metrics).read_text())
+    found = json.loads(Path(layout.EVALUATE_METRICS).read_text())
     missing = [k for k in ("temperature", "test_ece", "test_ece_calibrated") if k not in found]
     if missing:
-        raise KeyError(f"{params.evaluate.metrics} has no {', '.join(missing)}: it predates calibration; "
-                       "re-run `dvc repro evaluate`")
-    return {"temperature": found["temperature"], "fitted_on": "val" if params.evaluate.temperature_scaling else "none",
+        raise ValueError(f"{layout.EVALUATE_METRICS} has no {', '.join(missing)}: it predates calibration; "
+                         "re-run `dvc repro evaluate`")
+    return {"temperature": found["temperature"], "fitted_on": "val" if found.get("val_images") else "none",
             "probabilities": "softmax(logits / temperature)",
             "test_ece_uncalibrated": found["test_ece"], "test_ece_calibrated": found["test_ece_calibrated"],
             "test_nll_uncalibrated": found["test_nll"], "test_nll_calibrated": found["test_nll_calibrated"]}
@@ -87,7 +86,7 @@ def calibration(params: Params) -> dict:
 
 def test_images(params: Params, checkpoint: dict) -> torch.Tensor:
     """The real test split, preprocessed exactly as at evaluation."""
-    dataset = split_folder(params.prepare.out, "test", eval_crop(checkpoint["preprocessing"]))
+    dataset = split_folder(layout.PREPARED, "test", eval_crop(checkpoint["preprocessing"]))
     loader = make_loader(dataset, params.evaluate.batch_size, False, 0, 0)
     return torch.cat([to_model_input(images, torch.device("cpu")) for images, _ in loader])
 
@@ -141,7 +140,7 @@ def register(client, params: Params, out: Path, run_id: str, card: dict, card_sh
                                          "export did not finish: no model card; do not use")
             log.warning("%s version %s has no model card (an interrupted export): tagged incomplete", name,
                         version.version)
-    example_file = next(p for p in sorted((Path(params.prepare.out) / "test").rglob("*")) if p.is_file())
+    example_file = next(p for p in sorted((Path(layout.PREPARED) / "test").rglob("*")) if p.is_file())
     example = pandas.DataFrame({"image": [example_file.read_bytes()]})
     loaded = ImageClassifier()
     loaded.load(out)

@@ -12,6 +12,7 @@ import torch
 
 from stages.imagefolder import sha256_file
 from stages.outputs import write_bytes, write_serialized
+from stages.program_safety import check_program
 
 RUNTIMES = ("onnx", "torch")
 PROGRAM_FILE, ONNX_FILE, CARD_FILE = "model.pt2", "model.onnx", "model_card.json"
@@ -51,8 +52,9 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, path: Path) ->
     from torch.fx.experimental.optimization import fuse
     program = torch.export.export(fuse(model.eval()), (example,),
                                   dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    for node in program.graph.nodes:  # provenance of the folding pass names Python object ids: new bytes each run
-        node.meta.pop("from_node", None)
+    for node in program.graph.nodes:  # provenance names Python object ids and this machine's paths: other bytes
+        node.meta.pop("from_node", None)  # on every run and in every checkout
+        node.meta.pop("stack_trace", None)
     write_serialized(path, lambda buffer: torch.export.save(program, buffer))
 
 
@@ -74,6 +76,7 @@ def load_runtime(export_dir: Path, runtime: str, device: str = "cpu") -> Callabl
         name = session.get_inputs()[0].name
         return lambda batch: session.run(None, {name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
     if runtime == "torch":
+        check_program(export_dir / PROGRAM_FILE)  # torch.export.load can run code from a crafted archive
         program = torch.export.load(export_dir / PROGRAM_FILE).module().to(device)
 
         @torch.no_grad()

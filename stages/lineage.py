@@ -1,7 +1,8 @@
 """Trace an exported model back to its data, weights, params, code and MLflow run, verifying each link.
 
-Usage: python -m stages.lineage <export dir | file inside it>   (run from the repository root)
-Prints the chain; exits 1 naming every link that does not hold.
+Usage: python -m stages.lineage [export dir | file inside it] [--relocate-store]   (from the repository root)
+Prints the chain; exits 1 naming every link that does not hold. After the repository moved, `--relocate-store`
+first points its MLflow store at the new folder.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stages import tracking
+from stages import layout, provenance, tracking
 from stages.imagefolder import sha256_file
 from stages.model_card import dvc_hashes
-from stages.params import parse_params
-
-STAGES = ("prepare", "pretrain", "train", "evaluate", "export")
-
+from stages.params import parse_params, read_yaml
+from stages.provenance import flatten
 
 def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
     """[(link, holds, detail)] from the model file down to the MLflow registry."""
@@ -63,7 +62,7 @@ def check_workspace(root: Path) -> tuple[str, bool, str]:
     """DVC recomputes the hashes of every dep and output on disk against dvc.lock."""
     from dvc.repo import Repo
     with Repo(str(root)) as repo:
-        status = repo.status(targets=list(STAGES))
+        status = repo.status(targets=list(layout.STAGES))
     changed = []
     for stage, entries in status.items():
         for entry in entries:
@@ -75,7 +74,7 @@ def check_workspace(root: Path) -> tuple[str, bool, str]:
 
 
 def check_params(card: dict) -> tuple[str, bool, str]:
-    recomputed = tracking.params_hash(card["params"])
+    recomputed = provenance.params_hash(card["params"])
     ok = recomputed == card["params_sha256"]
     detail = f"params_sha256 {recomputed[:16]}…"
     return "model card -> params", ok, detail if ok else f"the card's params hash to {detail}, not as it says"
@@ -90,48 +89,88 @@ def check_commit(root: Path, card: dict) -> tuple[str, bool, str]:
 
 
 def check_mlflow(card: dict, card_sha: str, root: Path) -> list[tuple[str, bool, str]]:
-    """The run's tags and the registered version (found by the card's hash) must agree with the card."""
-    import mlflow
+    """The run's tags and the registered version (found by the card's hash) must agree with the card; the run
+    must not be deleted, and it must have been trained on code and params the card's commit still holds."""
     from mlflow.exceptions import MlflowException
     uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.resolve_uri(card["mlflow"]["tracking_uri"], root)
     info = card["mlflow"]
-    store = tracking.sqlite_path(uri)
-    if store is not None and not store.is_file():  # never create an empty store by looking
-        return [("git commit -> MLflow run", False, f"the MLflow store {store} does not exist; copy it here or "
-                 "set MLFLOW_TRACKING_URI to where the run is")]
-    client = mlflow.MlflowClient(uri)
     try:
+        client = tracking.open_store(uri)
         run = client.get_run(info["run_id"])
-        versions = client.search_model_versions(f"name='{info['name']}' and run_id='{info['run_id']}'")
-    except MlflowException as error:
-        return [("git commit -> MLflow run", False, f"run {info['run_id']} not found in {uri}: "
-                 f"{error.message.splitlines()[0][:200]}")]
-    tags = run.data.tags
+        matching, _ = tracking.card_versions(client, card, card_sha)
+    except (tracking.StoreError, MlflowException, *database_errors()) as error:
+        message = " ".join(str(getattr(error, "message", error)).split())[:300]
+        return [("git commit -> MLflow run", False, f"run {info['run_id']} cannot be read from {uri}: {message}")]
+    tags, train_commit = run.data.tags, card["git"].get("train_commit") or card["git"]["git_commit"]
     same = [tags.get("model_card_sha256") == card_sha, tags.get("params_sha256") == card["params_sha256"],
-            tags.get("git_commit") == card["git"]["git_commit"]]
-    links = [("git commit -> MLflow run", all(same),
-              f"run {info['run_id']} ({run.info.status}) in {uri}" if all(same) else
-              "the run's tags disagree with this card: " + ", ".join(
-                  n for n, ok in zip(("model_card_sha256 (card edited?)", "params_sha256", "git_commit"), same)
-                  if not ok))]
-    matching = [v for v in versions if v.tags.get("model_card_sha256") == card_sha and "incomplete" not in v.tags]
+            tags.get("git_commit") == train_commit]
+    unchanged, changes = train_inputs_unchanged(root, train_commit, card["git"]["git_commit"])
+    deleted = run.info.lifecycle_stage == "deleted"
+    problems = [n for n, ok in zip(("model_card_sha256 (card edited?)", "params_sha256", "git_commit"), same)
+                if not ok]
+    detail = (f"run {info['run_id']} is deleted in {uri} (restore it: `mlflow runs restore --run-id "
+              f"{info['run_id']}`)" if deleted else
+              "the run's tags disagree with this card: " + ", ".join(problems) if problems else
+              f"trained at {train_commit[:12]}, exported at {card['git']['git_commit'][:12]}, but {changes}"
+              if not unchanged else f"run {info['run_id']} ({run.info.status}) in {uri}" +
+              (f"; trained at {train_commit[:12]}, train's code and params unchanged at the card's commit"
+               if train_commit != card["git"]["git_commit"] else ""))
+    links = [("git commit -> MLflow run", not deleted and all(same) and unchanged, detail)]
     links.append(("MLflow run -> registry", bool(matching),
                   f"{info['name']} version {', '.join(str(v.version) for v in matching)} carries this card's hash"
                   if matching else f"no complete version of {info['name']} from run {info['run_id']} carries this "
                   "card's hash (not registered, or the card was changed)"))
-    run_file = root / card["params"]["train"]["run"]
+    run_file = root / layout.RUN
     if run_file.is_file():
         recorded = json.loads(run_file.read_text())["run_id"]
-        links.append(("DVC -> MLflow run", recorded == info["run_id"],
-                      f"{run_file.relative_to(root)} names run {recorded}"))
+        links.append(("DVC -> MLflow run", recorded == info["run_id"], f"{layout.RUN} names run {recorded}"))
     return links
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """What a damaged sqlite store raises from below MLflow."""
+    import sqlite3
+
+    from sqlalchemy.exc import SQLAlchemyError
+    return SQLAlchemyError, sqlite3.Error
+
+
+def train_inputs_unchanged(root: Path, trained: str, exported: str) -> tuple[bool, str]:
+    """Whether the train stage's definition, its code in git and its params are the same at the commit where the
+    model was trained and at the card's (export's) commit: then DVC would not have re-trained, and the run
+    belongs to the card's commit too. (bool, what differs)."""
+    if trained == exported:
+        return True, ""
+    def show(commit: str, path: str) -> str | None:
+        result = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True, text=True)
+        return result.stdout if result.returncode == 0 else None
+    stages = [read_yaml(show(c, "dvc.yaml") or "{}").get("stages", {}).get("train") for c in (trained, exported)]
+    if stages[0] is None or stages[0] != stages[1]:
+        return False, "the train stage of dvc.yaml differs between them (or a commit is missing)"
+    deps = [d for d in stages[1].get("deps", []) if isinstance(d, str) and "$" not in d]
+    tracked = subprocess.run(["git", "ls-tree", "-r", "--name-only", exported, "--", *deps], cwd=root,
+                             capture_output=True, text=True).stdout.split()
+    changed = subprocess.run(["git", "diff", "--name-only", trained, exported, "--", *tracked], cwd=root,
+                             capture_output=True, text=True).stdout.split()
+    if changed:
+        return False, f"train's code changed between them: {', '.join(changed[:5])}"
+    params = [flatten(read_yaml(show(c, "params.yaml") or "{}")) for c in (trained, exported)]
+    keys = [k for k in params[1] if any(k == p or k.startswith(f"{p}.") for p in stages[1].get("params", []))]
+    moved = [k for k in keys if params[0].get(k) != params[1].get(k)]
+    return (False, f"train's params changed between them: {', '.join(moved[:5])}") if moved else (True, "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="export folder (models/export) or a file inside it")
+    parser.add_argument("model", type=Path, nargs="?", default=Path(layout.EXPORT),
+                        help="export folder (models/export, the default) or a file inside it")
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="repository root (default: .)")
+    parser.add_argument("--relocate-store", action="store_true",
+                        help="point the repository's own MLflow store (mlflow.db) at this folder's mlartifacts/ "
+                        "after the repository was moved or copied, then verify")
     args = parser.parse_args(argv)
+    if args.relocate_store:
+        relocate_store(args.repo.resolve())
     export_dir = args.model if args.model.is_dir() else args.model.parent
     links = trace(export_dir.resolve(), args.repo.resolve())
     for name, ok, detail in links:
@@ -140,6 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(links) - len(broken)}/{len(links)} links verified"
     print("\n" + summary + (f"; broken: {', '.join(broken)}" if broken else ""))
     return 1 if broken else 0
+
+
+def relocate_store(root: Path) -> None:
+    """Rewrite the artifact locations of root/mlflow.db to root/mlartifacts (stages.store_location)."""
+    from stages.store_location import relocate
+    store = root / "mlflow.db"
+    if not store.is_file():
+        print(f"no MLflow store at {store}: nothing to relocate")
+        return
+    changed = relocate(store)
+    print(f"{store}: " + (", ".join(f"{n} {k}" for k, n in changed.items()) + " rewritten to "
+                          f"{root / 'mlartifacts'}" if changed else "already points here") + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -60,10 +62,29 @@ def save_checkpoint(path: str | Path, model: nn.Module, **meta) -> None:
     write_serialized(path, lambda buffer: torch.save({"state_dict": state, **meta}, buffer))
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that is not one this pipeline wrote."""
+
+
 def load_checkpoint(path: str | Path, made_by: str) -> dict:
+    """A checkpoint the `made_by` stage wrote: plain tensors and values only (weights_only=True: a pickled object
+    is refused, never run), with a state dict; anything else is one line that names the file."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found: it is made by the {made_by} stage (`dvc repro {made_by}`)")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    remake = f"re-create it with `dvc repro --force {made_by}` (or restore it: `dvc checkout {path}`)"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        what = "a pickled Python object (loading it could run code)" if "Unsupported global" in str(error) else \
+            "not a torch.save archive"
+        raise CheckpointError(f"{path} holds {what}, not a checkpoint of the {made_by} stage; not loaded. "
+                              f"{remake}") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as error:
+        raise CheckpointError(f"{path} is truncated or corrupt ({str(error).splitlines()[0][:100]}); {remake}"
+                              ) from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a checkpoint of the {made_by} stage (no state dict); {remake}")
+    return checkpoint
 
 
 def model_from_checkpoint(checkpoint: dict) -> nn.Module:

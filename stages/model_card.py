@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from stages import tracking
+from stages import layout, provenance, tracking
 from stages.exported import CALIBRATION_FILE, EXPORT_FILES
 from stages.imagefolder import sha256_file
 from stages.params import Params
@@ -17,55 +17,54 @@ def dvc_hashes(params: Params, root: Path | None = None) -> dict:
     """The dvc.lock md5 of each input and output an auditor may want to check, by role. `manifest` is the file
     train and evaluate depend on: every prepared image's split, class and SHA-256 (the splits are not separate
     DVC entries; `prepared` covers all three folders)."""
-    lock, prepared = tracking.dvc_lock_hashes(root), params.prepare.out
+    lock = provenance.dvc_lock_hashes(root)
     return {"data": lock.get("prepare", {}).get(params.prepare.data, ""),
             "test_data": lock.get("prepare", {}).get(params.prepare.test_data, ""),
-            "prepared": lock.get("prepare", {}).get(prepared, ""),
-            "manifest": lock.get("train", {}).get(f"{prepared}/manifest.csv", ""),
-            "pretrained": lock.get("pretrain", {}).get(params.pretrain.out, ""),
-            "model": lock.get("train", {}).get(params.train.out, "")}
+            "prepared": lock.get("prepare", {}).get(layout.PREPARED, ""),
+            "manifest": lock.get("train", {}).get(layout.MANIFEST, ""),
+            "pretrained": lock.get("pretrain", {}).get(layout.PRETRAINED, ""),
+            "model": lock.get("train", {}).get(layout.MODEL, "")}
 
 
-def environments(params: Params, export_environment: dict) -> dict:
+def environments(export_environment: dict) -> dict:
     """The machine fingerprint of each stage that computed something, as its stage recorded it."""
-    folder = Path(params.runtime.fingerprints)
-    found = {stage: json.loads((folder / f"{stage}.json").read_text()) for stage in ("pretrain", "train", "evaluate")}
+    found = {stage: json.loads(Path(layout.fingerprint(stage)).read_text()) for stage in ("pretrain", "train", "evaluate")}
     return found | {"export": export_environment}
 
 
 GAPS = ("lowest_recall", "confused_pairs")
 
 
-def saliency_grids(params: Params, out: Path) -> list[dict]:
-    """Each Grad-CAM grid evaluate wrote: its path in the repository (a DVC plot), relative to the card, and in
-    the MLflow run."""
-    folder = Path(params.evaluate.saliency)
-    return [{"file": path.as_posix(), "from_card": Path(os.path.relpath(path, out)).as_posix(),
+def saliency_grids() -> list[dict]:
+    """Each Grad-CAM grid evaluate wrote: its path in the repository (a DVC plot), relative to the card in
+    models/export, and in the MLflow run."""
+    folder = Path(layout.SALIENCY)
+    return [{"file": path.as_posix(), "from_card": Path(os.path.relpath(path, layout.EXPORT)).as_posix(),
              "mlflow_artifact": f"evaluate/saliency/{path.name}", "sha256": sha256_file(path)}
             for path in sorted(folder.glob("*.png"))]
 
 
 def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, git: dict, out: Path,
                environment: dict) -> dict:
-    evaluation = json.loads(Path(params.evaluate.metrics).read_text())
+    evaluation = json.loads(Path(layout.EVALUATE_METRICS).read_text())
     calibration = json.loads((out / CALIBRATION_FILE).read_text())
     return {
         "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
                   "files": {**{name: sha256_file(out / name) for name in EXPORT_FILES},
-                            params.train.out: sha256_file(params.train.out)},
+                            layout.MODEL: sha256_file(layout.MODEL)},
                   "best_epoch": checkpoint["best_epoch"]},
         "preprocessing": checkpoint["preprocessing"],
         "git": git,
         "dvc": dvc_hashes(params),
         "weights_provenance": checkpoint["provenance"],
         "params": checkpoint["params"],
-        "params_sha256": tracking.params_hash(checkpoint["params"]),
+        "params_sha256": provenance.params_hash(checkpoint["params"]),
         "metrics": {k: v for k, v in evaluation.items() if k not in ("per_class", *GAPS)},
-        "environment": environments(params, environment),
+        "environment": environments(environment),
         "per_class": evaluation["per_class"],
         "gaps": {key: evaluation[key] for key in GAPS},
         "calibration": calibration,
-        "saliency": saliency_grids(params, out),
+        "saliency": saliency_grids(),
         "parity": parity,
         "mlflow": {"tracking_uri": tracking.portable_uri(tracking.tracking_uri()), **registered},
     }
@@ -88,7 +87,8 @@ def card_markdown(card: dict) -> str:
               for name, r in card["per_class"].items()]
     lines += gaps_markdown(card) + calibration_markdown(card["calibration"])
     lines += ["", "## Lineage", "",
-              f"- git commit: `{card['git']['git_commit']}` (dirty: {card['git']['git_dirty']})",
+              f"- git commit: `{card['git']['git_commit']}` (dirty: {card['git']['git_dirty']}); trained at "
+              f"`{card['git'].get('train_commit') or card['git']['git_commit']}`",
               f"- MLflow run: `{card['mlflow']['run_id']}`, registered as `{card['mlflow']['name']}` (the "
               "version carries this card's SHA-256 as its `model_card_sha256` tag)",
               f"- starting weights: {card['weights_provenance']['source']}: {card['weights_provenance']['origin']}",

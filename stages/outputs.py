@@ -1,5 +1,8 @@
-"""Writing the files the stages produce: atomically (a temporary file, then a rename), so a kill or a full
-disk never leaves a truncated file behind, and JSON that is always valid (no NaN or Infinity)."""
+"""Writing the files the stages produce: atomically (a temporary file or folder, then a rename), so a kill, a
+full disk or a failure half-way never leaves a truncated file or a half-written folder behind, and the previous
+output stays until the new one is whole; JSON that is always valid (no NaN or Infinity).
+
+Temporary names are `.<name>.partial-<pid>` beside the output (ignored by git)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import io
 import json
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,7 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # the suffix some savers check
+    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")  # the suffix some savers check
     try:
         yield temporary
         os.replace(temporary, path)
@@ -27,6 +31,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                                    "permissions, then run the stage again") from error
     finally:
         temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def replace_folder(path: str | Path) -> Iterator[Path]:
+    """A new, empty folder to fill; it replaces `path` (whose old contents are then deleted) only when the block
+    succeeds. On any failure the new folder is deleted and `path` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new, old = (path.with_name(f".{path.name}.partial-{os.getpid()}{kind}") for kind in ("", "-old"))
+    for leftover in (new, old):  # from a process of the same pid that was killed
+        shutil.rmtree(leftover, ignore_errors=True)
+    new.mkdir()
+    try:
+        yield new
+        if path.exists():
+            os.replace(path, old)
+        try:
+            os.replace(new, path)
+        except OSError:
+            if old.exists():
+                os.replace(old, path)  # put the previous output back
+            raise
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_figure(path: str | Path, figure) -> Path:
@@ -61,11 +91,19 @@ def _first_non_finite(data, prefix: str = "") -> str:
     return next((f for f in found if f), "")
 
 
-def write_csv(path: str | Path, fields: list[str], rows: list[dict]) -> None:
-    """Rows as dicts; keys not in `fields` are left out."""
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets read as the start of a formula
+
+
+def write_csv(path: str | Path, fields: list[str], rows: list[dict], spreadsheet: bool = False) -> None:
+    """Rows as dicts; keys not in `fields` are left out. `spreadsheet`: a file people open in a spreadsheet,
+    whose text cells (file and class names from users' folders) must not start a formula: those get a leading
+    `'` (OWASP's advice for CSV injection)."""
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
+    if spreadsheet:
+        rows = [{k: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_START) else v for k, v in row.items()}
+                for row in rows]
     writer.writerows(rows)
     with atomic_path(path) as temporary:
         temporary.write_text(buffer.getvalue(), encoding="utf-8", newline="")

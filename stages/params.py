@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from stages import layout
 from stages.architectures import ARCHITECTURES
 
 ARCHS = tuple(ARCHITECTURES)
@@ -35,7 +36,6 @@ class RuntimeParams:
     reproducible: bool
     threads: int = number(0, 1024)
     channels_last: bool
-    fingerprints: str
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,8 @@ class TrackingParams:
 class PrepareParams:
     data: str
     test_data: str
-    out: str
-    metrics: str
     image_size: int = number(8, 4096)
-    val_fraction: float = number(0.0, 0.5)
+    val_fraction: float = number(0.0, 0.5)  # above 0: train validates and evaluate calibrates on it
     test_fraction: float = number(0.0, 0.5)
     seed: int = number(0, None)
 
@@ -77,8 +75,6 @@ class PretrainParams:
     sha256: str | None
     download: bool
     data: str
-    out: str
-    metrics: str
     image_size: int = number(8, 4096)
     epochs: int = number(1, None)
     batch_size: int = number(1, None)
@@ -103,12 +99,7 @@ class DistributedParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    out: str
-    run: str
-    checkpoint: str
     checkpoint_every: int = number(0, None)
-    plots: str
-    metrics: str
     experiment: str
     device: str = choice("auto", "cpu", "cuda")
     freeze: str = choice("none", "backbone")
@@ -135,15 +126,11 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    metrics: str
-    plots: str
     batch_size: int = number(1, None)
     bootstrap: int = number(100, 100_000)
     seed: int = number(0, None)
     gaps: int = number(1, None)
     temperature_scaling: bool
-    reliability: str
-    saliency: str
     saliency_pairs: int = number(0, 100)
     saliency_wrong: int = number(1, 32)
     saliency_right: int = number(0, 32)
@@ -151,7 +138,6 @@ class EvaluateParams:
 
 @dataclass(frozen=True)
 class ExportParams:
-    out: str
     registered_model: str
     atol: float = number(0.0, 1.0)
     onnx_opset: int = number(17, 23)
@@ -172,25 +158,40 @@ class Params:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def outputs(self) -> dict[str, str]:
-        """{param key: path} of everything a stage writes (DVC outs, metrics, plots)."""
-        p, fingerprints = self, self.runtime.fingerprints
-        return {"runtime.fingerprints": fingerprints, "prepare.out": p.prepare.out,
-                "prepare.metrics": p.prepare.metrics, "pretrain.out": p.pretrain.out,
-                "pretrain.metrics": p.pretrain.metrics, "train.out": p.train.out, "train.run": p.train.run,
-                "train.checkpoint": p.train.checkpoint,
-                "train.plots": p.train.plots, "train.metrics": p.train.metrics, "evaluate.metrics": p.evaluate.metrics,
-                "evaluate.plots": p.evaluate.plots, "evaluate.reliability": p.evaluate.reliability,
-                "evaluate.saliency": p.evaluate.saliency, "export.out": p.export.out}
-
-    def output_paths(self) -> tuple[str, ...]:
-        return tuple(self.outputs().values())
-
     def inputs(self) -> dict[str, str]:
         """{param key: path} of the user's data and weights, which no stage may write."""
         found = {"prepare.data": self.prepare.data, "prepare.test_data": self.prepare.test_data,
                  "pretrain.data": self.pretrain.data, "pretrain.file": self.pretrain.file}
         return {key: path for key, path in found.items() if path}
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently), and
+    reads `1e-4` as a number, as YAML 1.2 and DVC do (PyYAML's YAML 1.1 wants `1.0e-4`)."""
+
+
+def _unique_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key `{key}` appears twice in one section (lines {seen[key]} and {line}), and only "
+                "one would count; keep one", key_node.start_mark)
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    """YAML text as Python values, strictly (`StrictLoader`)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
@@ -199,12 +200,13 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run from the repository root, where params.yaml lives")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ValueError(f"{path} is not valid YAML{where}: {getattr(error, 'problem', None) or error}; fix the "
-                         "syntax (indentation, a missing ':' or an unclosed quote)") from None
+        problem = getattr(error, "problem", None) or error
+        fix = "" if "appears twice" in str(problem) else "; fix the syntax (indentation, a missing ':' or an unclosed quote)"
+        raise ValueError(f"{path} is not valid YAML{where}: {problem}{fix}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text; save it as UTF-8") from None
     for section, values in (overrides or {}).items():
@@ -219,40 +221,29 @@ def parse_params(raw: dict, source: str) -> Params:
     return params
 
 
-# What an output path must never be, hold, or sit inside: stages delete their outputs before writing them.
-PROTECTED = {".git": "the git repository", ".dvc": "DVC's folder and cache", "stages": "the pipeline's code",
-             "tests": "the tests", "dvc.yaml": "the pipeline definition", "dvc.lock": "DVC's record",
-             "params.yaml": "the params", "pyproject.toml": "the project file", "mlflow.db": "the MLflow store",
-             "mlartifacts": "the MLflow artifacts"}
-
-
 def _overlap(a: str, b: str) -> bool:
     a_path, b_path = Path(a).resolve(), Path(b).resolve()
     return a_path == b_path or a_path.is_relative_to(b_path) or b_path.is_relative_to(a_path)
 
 
-def _check_outputs(p: Params, source: str) -> None:
-    """Refuse, before any stage deletes anything, an output that is, holds or lies inside an input, the code,
-    .git, .dvc, the MLflow store or another output."""
-    outputs = p.outputs()
-    guarded = {key: (path, f"the input {key}") for key, path in p.inputs().items()}
-    guarded |= {name: (name, what) for name, what in PROTECTED.items()}
-    for key, out in outputs.items():
-        for path, what in guarded.values():
-            if _overlap(out, path):
-                raise ValueError(f"{source}: {key} = {out!r} overlaps {what} ({path}): stages delete and rewrite "
-                                 "their outputs, so it would be lost. Choose an output path of its own")
-    keys = list(outputs)
-    for i, first in enumerate(keys):
-        for second in keys[i + 1:]:
-            if _overlap(outputs[first], outputs[second]):
-                raise ValueError(f"{source}: {first} = {outputs[first]!r} and {second} = {outputs[second]!r} "
-                                 "overlap; each stage output needs a path of its own")
+def _check_inputs(p: Params, source: str) -> None:
+    """Refuse an input that is, holds or lies inside a pipeline output (stages.layout): the stage that owns the
+    output deletes and rewrites it."""
+    for key, path in p.inputs().items():
+        for stage in layout.STAGES:
+            for output in layout.outputs(stage):
+                if _overlap(path, output):
+                    raise ValueError(f"{source}: {key} = {path!r} overlaps {output}, which the {stage} stage deletes "
+                                     "and rewrites; keep your own files outside the pipeline's outputs, e.g. in "
+                                     "data/<a folder of your own>")
 
 
 def _check_together(p: Params, source: str) -> None:
     """Rules that tie two keys together, or check a value's form."""
-    _check_outputs(p, source)
+    _check_inputs(p, source)
+    if p.prepare.val_fraction == 0:
+        raise ValueError(f"{source}: prepare.val_fraction = 0 leaves no val split, which train needs to pick its "
+                         "best epoch and evaluate to fit the temperature; use at least 0.1")
     if p.pretrain.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", p.pretrain.sha256):
         raise ValueError(f"{source}: pretrain.sha256 = {p.pretrain.sha256!r} must be the 64 hex digits of the weights "
                          "file's SHA-256 (`sha256sum <file>`), or null")

@@ -11,6 +11,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from stages import layout
 from stages.cli import stage_main
 from stages.imagefolder import (
     PREPARED_SUFFIXES,
@@ -18,10 +19,11 @@ from stages.imagefolder import (
     Candidate,
     decode_image,
     encode_prepared,
+    printable,
     resize_short_side,
     scan,
 )
-from stages.outputs import write_csv, write_json
+from stages.outputs import replace_folder, write_csv, write_json
 from stages.params import Params, PrepareParams
 from stages.splits import (
     SPLITS,
@@ -43,31 +45,31 @@ EXCLUDED_FIELDS = ["origin", "source", "class", "kind", "reason", "sha256"]
 
 def run(params: Params) -> dict:
     """Scan, decode, deduplicate and split `prepare.data` (the test split is `prepare.test_data` when that is
-    a separate folder); returns the counts written to metrics."""
+    a separate folder) into data/prepared, which replaces the previous one only when it is whole; returns the
+    counts written to metrics."""
     cfg, start = params.prepare, time.perf_counter()
-    folders, out = check_paths(cfg)
+    folders = check_inputs(cfg)
     candidates, skipped, classes = scan_all(folders, cfg.follow_symlinks)
-    staging = out / ".staging"
-    staging.mkdir(parents=True)
-    try:
+    with replace_folder(layout.PREPARED) as out:
+        staging = out / ".staging"
+        staging.mkdir()
         decoded, bad = decode_all(candidates, staging, cfg)
         if bad and cfg.on_bad_file == "fail":
-            write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(sorted(skipped + bad, key=order)))
-            listing = "\n  ".join(f"{b['origin']} {b['source']}: {b['reason']}" for b in bad)
-            raise ValueError(f"{len(bad)} unusable image(s) (prepare.on_bad_file: fail), listed in "
-                             f"{out / 'excluded.csv'}:\n  {listing}\n"
-                             "Fix or remove them, or set prepare.on_bad_file: skip to report and leave them out")
+            listing = "\n  ".join(f"{b['origin']} {b['source']}: {b['reason']}" for b in bad[:50])
+            more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
+            raise ValueError(f"{len(bad)} unusable image(s) (prepare.on_bad_file: fail):\n  {listing}{more}\n"
+                             "Fix or remove them, or set prepare.on_bad_file: skip to report them in "
+                             f"{layout.PREPARED}/excluded.csv and leave them out; {layout.PREPARED} is unchanged")
         kept, left_out, dropped_classes = select(decoded, classes, cfg)
         for item in kept:
             item["file"] = place(item, staging, out, PREPARED_SUFFIXES[cfg.format])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # never leave decoded copies behind (a full disk stays full)
-    excluded = sorted(skipped + bad + left_out, key=order)
-    write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=order)))
-    write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(excluded))
+        shutil.rmtree(staging)  # decoded copies of what was left out
+        excluded = sorted(skipped + bad + left_out, key=order)
+        write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=order)))
+        write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(excluded), spreadsheet=True)
     metrics = summarize(kept, excluded, len(candidates) + len(skipped))
     metrics["dropped_classes"] = dropped_classes
-    write_json(cfg.metrics, metrics)
+    write_json(layout.PREPARE_METRICS, metrics)
     log.info("prepared %d images (%d excluded) from %s in %.1f s", metrics["included"], metrics["excluded"],
              " and ".join(str(f) for f in folders.values()), time.perf_counter() - start)
     return metrics
@@ -93,19 +95,15 @@ def order(item: dict) -> tuple[str, str]:
     return item["origin"], item["source"]
 
 
-def check_paths(cfg: PrepareParams) -> tuple[dict[str, Path], Path]:
-    """Fail before any work on a missing/empty input or a test set inside the data.
-    Returns ({origin: input folder}, output folder)."""
+def check_inputs(cfg: PrepareParams) -> dict[str, Path]:
+    """Fail before any work on a missing/empty input or a test set inside the data: {origin: input folder}."""
     folders = {"data": check_input(cfg.data, "prepare.data")}
     if cfg.fixed_test_set:
         folders["test_data"] = check_input(cfg.test_data, "prepare.test_data")
         if overlaps(folders["data"], folders["test_data"]):
             raise ValueError(f"prepare.test_data={cfg.test_data} and prepare.data={cfg.data} overlap; the fixed "
                              "test set must be a folder of its own")
-    out = Path(cfg.out).absolute()  # never an input: load_params refused any output that overlaps one
-    if out.exists():
-        shutil.rmtree(out)  # our own output; DVC removes it too before running the stage
-    return folders, out
+    return folders
 
 
 def check_input(path: str, key: str) -> Path:
@@ -160,7 +158,7 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_
     try:
         data = path.read_bytes()
     except OSError as error:
-        return {"kind": "unreadable", "reason": f"cannot read the file: {error}", "sha256": ""}
+        return {"kind": "unreadable", "reason": f"cannot read the file: {printable(str(error))}", "sha256": ""}
     sha = hashlib.sha256(data).hexdigest()
     try:
         image = decode_image(data, min_size)
@@ -179,14 +177,15 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_
         except OSError as error:
             temporary.unlink(missing_ok=True)
             raise OSError(error.errno, f"cannot write {staged} (decoded from {path}): {error.strerror or error}. "
-                                       "Free space on the disk of prepare.out, then run the stage again") from None
+                                       f"Free space on the disk of {layout.PREPARED}, then run the stage again") from None
     return {"sha256": sha, "pixels_sha256": pixels, "file_sha256": hashlib.sha256(encoded).hexdigest(),
             "width": image.size[0], "height": image.size[1]}
 
 
 def place(item: dict, staging: Path, out: Path, suffix: str) -> str:
     """Move the staged image to <out>/<split>/<class>/<stem>-<sha prefix><suffix>; return it relative to out."""
-    name = f"{Path(item['source']).stem}-{item['sha256'][:10]}{suffix}"
+    stem = Path(item["source"]).stem.replace("\\", "_")  # a name that was not UTF-8 holds escapes (\xff)
+    name = f"{stem}-{item['sha256'][:10]}{suffix}"
     relative = Path(item["split"]) / item["label"] / name
     (out / relative).parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging / f"{item['sha256']}{suffix}", out / relative)

@@ -7,7 +7,7 @@ import time
 
 from torch import nn
 
-from stages import runtime
+from stages import layout, runtime
 from stages.cli import stage_main
 from stages.data import image_folder, make_loader, train_transform
 from stages.imagefolder import sha256_file
@@ -24,7 +24,7 @@ def run(params: Params) -> dict:
     """Resolve or train the starting weights, save them with their provenance; returns metrics."""
     cfg, arch, start = params.pretrain, params.model.arch, time.perf_counter()
     device = runtime.resolve_device(params.train.device)
-    runtime.write_fingerprint(params.runtime.fingerprints, "pretrain", device, params.runtime.reproducible)
+    runtime.write_fingerprint("pretrain", device, params.runtime.reproducible)
     seed_everything(cfg.seed)
     metrics: dict = {}
     if cfg.source == "imagenet":
@@ -36,10 +36,10 @@ def run(params: Params) -> dict:
     else:
         model = build_model(arch, 1000)
         provenance = {"source": "none", "origin": f"random init, torch.manual_seed({cfg.seed})"}
-    save_checkpoint(cfg.out, model, arch=arch, provenance=provenance)
-    write_json(cfg.metrics, metrics)  # no timings: committed metrics must reproduce exactly
-    log.info("starting weights from %s -> %s (sha256 %s) in %.1f s", provenance["origin"], cfg.out,
-             sha256_file(cfg.out), time.perf_counter() - start)
+    save_checkpoint(layout.PRETRAINED, model, arch=arch, provenance=provenance)
+    write_json(layout.PRETRAIN_METRICS, metrics)  # no timings: committed metrics must reproduce exactly
+    log.info("starting weights from %s -> %s (sha256 %s) in %.1f s", provenance["origin"], layout.PRETRAINED,
+             sha256_file(layout.PRETRAINED), time.perf_counter() - start)
     return {**metrics, "provenance": provenance}
 
 
@@ -49,12 +49,12 @@ def pretrain_on_dataset(params: Params, device) -> tuple[nn.Module, dict, dict]:
     dataset = image_folder(cfg.data, train_transform(cfg.image_size, params.train.crop_scale_min, True))
     loader = make_loader(dataset, cfg.batch_size, shuffle=True, num_workers=params.train.num_workers,
                          seed=cfg.seed)
-    layout = runtime.memory_format(params.runtime.channels_last)
-    model = build_model(params.model.arch, len(dataset.classes)).to(device, memory_format=layout)
+    memory = runtime.memory_format(params.runtime.channels_last)
+    model = build_model(params.model.arch, len(dataset.classes)).to(device, memory_format=memory)
     recipe = Recipe(optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.0, warmup_epochs=1,
                     epochs=cfg.epochs, label_smoothing=0.0, monitor=None, patience=cfg.epochs,
                     frozen_backbone=False)
-    history, _ = fit(model, loader, None, recipe, device, memory_format=layout)
+    history, _ = fit(model, loader, None, recipe, device, memory_format=memory)
     metrics = {"train_loss": history[-1]["train_loss"], "train_accuracy": history[-1]["train_accuracy"],
                "images": len(dataset), "classes": len(dataset.classes)}
     provenance = {"source": "dataset", "origin": f"pretrained from scratch on {cfg.data}",

@@ -35,3 +35,12 @@ def check_committed(allow_dirty: bool, outputs: tuple[str, ...]) -> dict:
                            "Commit them first (`git add -A && git commit -m ...`), then run `dvc repro`; or set "
                            "export.allow_dirty: true (the card and the run then record git_dirty: true)")
     return git
+
+
+def git_tracked(root: Path, paths: tuple[str, ...] | list[str]) -> list[str]:
+    """The files git tracks at or under `paths` (relative to `root`); none outside a git repository."""
+    if not paths:
+        return []
+    result = subprocess.run(["git", "ls-files", "-z", "--", *paths], cwd=root, capture_output=True)
+    return [name for name in result.stdout.decode("utf-8", "backslashreplace").split("\0") if name] \
+        if result.returncode == 0 else []

@@ -2,7 +2,7 @@
 
 Usage: python -m stages.reproduce [--rev HEAD]   (after `dvc repro`, from the repository root)
 
-The stage fingerprints (`runtime.fingerprints`) decide the mode:
+The stage fingerprints (metrics/environment/) decide the mode:
 - exact: reference and run both used the pinned CPU runtime with the same kernels, BLAS branch, threads and
   library versions. The same bits are expected, so every metric must be identical; any difference is a
   regression (or a changed input), never rounding.
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import yaml
 
-from stages.params import Params, load_params, parse_params
-from stages.tracking import flatten  # {'a': {'b': 1}} -> {'a.b': 1}, as `dvc metrics diff` names keys
+from stages import layout
+from stages.params import Params, load_params, parse_params, read_yaml
+from stages.provenance import flatten  # {'a': {'b': 1}} -> {'a.b': 1}, as `dvc metrics diff` names keys
 
 FINGERPRINTED = ("pretrain", "train", "evaluate")
 HEADLINE = ("test_accuracy", "test_f1_macro")  # gated by the reference's interval in band mode
@@ -43,9 +44,9 @@ class Row:
     ok: bool
 
 
-def is_integrity(file: str, key: str, params: Params) -> bool:
+def is_integrity(file: str, key: str) -> bool:
     """Counts and sizes that no rounding can move: data in, images seen, test support."""
-    if file == params.prepare.metrics:
+    if file == layout.PREPARE_METRICS:
         return True
     if key.startswith(GAPS):  # which classes are listed there moves with the scores
         return False
@@ -64,8 +65,7 @@ def headline_band(key: str, reference: dict, sweep: dict | None) -> tuple[float,
     return low, high
 
 
-def compare_metrics(old: dict[str, dict], new: dict[str, dict], exact: bool, params: Params,
-                    sweep: dict | None = None) -> list[Row]:
+def compare_metrics(old: dict[str, dict], new: dict[str, dict], exact: bool, sweep: dict | None = None) -> list[Row]:
     """One row per metric in either run: {file: metrics} of the reference and of this run; `sweep` is the
     seed spread ({metric: {mean, sd}}) of the reference's params, if one was measured."""
     rows = []
@@ -73,9 +73,9 @@ def compare_metrics(old: dict[str, dict], new: dict[str, dict], exact: bool, par
         before, after = flatten(old.get(file, {})), flatten(new.get(file, {}))
         for key in sorted(set(before) | set(after)):
             a, b = before.get(key), after.get(key)
-            if exact or is_integrity(file, key, params):
+            if exact or is_integrity(file, key):
                 rows.append(Row(file, key, a, b, "exact", a == b))
-            elif file == params.evaluate.metrics and key in HEADLINE:
+            elif file == layout.EVALUATE_METRICS and key in HEADLINE:
                 band = headline_band(key, before, sweep)
                 if band is None:
                     rows.append(Row(file, key, a, b, "band: the reference has no interval", False))
@@ -164,15 +164,14 @@ def at_rev(rev: str, path: str) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def metric_files(params: Params) -> list[str]:
-    return [params.prepare.metrics, params.pretrain.metrics, params.train.metrics, params.evaluate.metrics]
+METRIC_FILES = (layout.PREPARE_METRICS, layout.PRETRAIN_METRICS, layout.TRAIN_METRICS, layout.EVALUATE_METRICS)
 
 
 def reference_params_at(rev: str, current: Params) -> Params:
     """The committed params (they name the reference's files); the current ones if those cannot be read."""
     committed = at_rev(rev, "params.yaml")
     try:
-        return parse_params(yaml.safe_load(committed), f"{rev}:params.yaml") if committed else current
+        return parse_params(read_yaml(committed), f"{rev}:params.yaml") if committed else current
     except (ValueError, yaml.YAMLError):
         return current
 
@@ -181,11 +180,10 @@ def check(rev: str) -> tuple[bool, str]:
     """Compare the workspace's metrics and fingerprints with those committed at `rev`."""
     params = load_params()
     reference_params = reference_params_at(rev, params)
-    old = {f: read_json(at_rev(rev, f)) for f in metric_files(reference_params)}
-    new = {f: read_json(Path(f).read_text()) if Path(f).is_file() else {} for f in metric_files(params)}
-    folder_old, folder_new = reference_params.runtime.fingerprints, params.runtime.fingerprints
-    old_env = {s: read_json(at_rev(rev, f"{folder_old}/{s}.json")) or None for s in FINGERPRINTED}
-    new_env = {s: read_json(p.read_text()) if (p := Path(folder_new) / f"{s}.json").is_file() else None
+    old = {f: read_json(at_rev(rev, f)) for f in METRIC_FILES}
+    new = {f: read_json(Path(f).read_text()) if Path(f).is_file() else {} for f in METRIC_FILES}
+    old_env = {s: read_json(at_rev(rev, layout.fingerprint(s))) or None for s in FINGERPRINTED}
+    new_env = {s: read_json(p.read_text()) if (p := Path(layout.fingerprint(s))).is_file() else None
                for s in FINGERPRINTED}
     old_env = {k: v for k, v in old_env.items() if v}
     new_env = {k: v for k, v in new_env.items() if v}
@@ -194,12 +192,12 @@ def check(rev: str) -> tuple[bool, str]:
     before, after = flatten(reference_params.as_dict()), flatten(params.as_dict())
     changed = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
                if before.get(k) != after.get(k)]
-    return report(compare_metrics(old, new, exact, params, sweep), exact, reasons, old_env, new_env, changed)
+    return report(compare_metrics(old, new, exact, sweep), exact, reasons, old_env, new_env, changed)
 
 
 def seed_spread(reference_params: Params) -> dict | None:
     """The pretrained variant's spread from benchmarks/seed_sweep.json, if it was measured with these params."""
-    from stages.tracking import params_hash
+    from stages.provenance import params_hash
     path = Path("benchmarks/seed_sweep.json")
     if not path.is_file():
         return None

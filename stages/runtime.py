@@ -150,11 +150,12 @@ def fingerprint(device: torch.device, reproducible: bool) -> dict:
             "gpu": torch.cuda.get_device_name(device) if cuda else None}
 
 
-def write_fingerprint(folder: str, stage: str, device: torch.device, reproducible: bool) -> dict:
-    """This process's fingerprint, written to <folder>/<stage>.json (beside the committed metrics)."""
+def write_fingerprint(stage: str, device: torch.device, reproducible: bool) -> dict:
+    """This process's fingerprint, written to metrics/environment/<stage>.json (beside the committed metrics)."""
+    from stages import layout
     from stages.outputs import write_json
     found = fingerprint(device, reproducible)
-    write_json(Path(folder) / f"{stage}.json", found)
+    write_json(layout.fingerprint(stage), found)
     return found
 
 

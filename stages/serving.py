@@ -1,8 +1,10 @@
 """The exported model as an MLflow pyfunc: encoded image bytes in, class names and probabilities out.
 
 Whatever reaches a served model is untrusted. Only bytes are images (JSON carries them as base64); a string is
-never opened as a path; each image and each request is bounded; a bad request is refused in one line without
-a stack trace; and the model files are checked against the model card's SHA-256 before they are loaded.
+never opened as a path; each image and each request is bounded, in bytes and in decoded pixels (read from the
+headers before anything is decoded), and images are decoded one at a time straight down to about twice the
+model's input size; a bad request is refused in one line without a stack trace or anything of the request; and
+the model files are checked against the model card's SHA-256 before they are loaded.
 Inference runs on ONNX Runtime, so no pickle is ever loaded to serve."""
 
 from __future__ import annotations
@@ -18,22 +20,25 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from stages.data import eval_transform
 from stages.exported import class_probabilities, load_runtime, read_temperature, verify_export
-from stages.imagefolder import BadImage, decode_image
+from stages.imagefolder import BadImage, decode_image, open_image
 
-MAX_IMAGES = 256               # rows per request
-MAX_IMAGE_BYTES = 10 * 2**20   # encoded size of one image
-MAX_PIXELS = 40_000_000        # decoded size of one image, read from its header before decoding
+MAX_IMAGES = 256                  # rows per request
+MAX_IMAGE_BYTES = 10 * 2**20      # encoded size of one image
+MAX_PIXELS = 40_000_000           # decoded size of one image, read from its header before decoding
+MAX_REQUEST_PIXELS = 200_000_000  # all of a request's images together, from their headers, before decoding any
+REFUSED = "request refused: "     # starts every message of ours; stages.serve passes on only these
 
 
 class BadRequest(MlflowException):
-    """A request the model refuses: one line, no stack trace (MLflow answers 400)."""
+    """A request the model refuses: one line, no stack trace, nothing of the request quoted (MLflow answers
+    400)."""
 
     def __init__(self, message: str):
-        super().__init__(message, error_code=INVALID_PARAMETER_VALUE)
+        super().__init__(REFUSED + message, error_code=INVALID_PARAMETER_VALUE)
 
 
-def image_from_request(value, row: int):
-    """One `image` cell -> RGB picture; anything but bounded, decodable image bytes is refused."""
+def image_bytes(value, row: int) -> bytes:
+    """One `image` cell -> its encoded bytes, bounded; anything but bytes is refused (a string is never a path)."""
     if isinstance(value, bytearray | memoryview):
         value = bytes(value)
     if not isinstance(value, bytes):
@@ -41,10 +46,21 @@ def image_from_request(value, row: int):
                          f"{type(value).__name__}; file paths are not accepted")
     if len(value) > MAX_IMAGE_BYTES:
         raise BadRequest(f"row {row}: image is {len(value):,} bytes, over the {MAX_IMAGE_BYTES:,}-byte limit")
-    try:
-        return decode_image(value, max_pixels=MAX_PIXELS)
-    except BadImage as error:
-        raise BadRequest(f"row {row}: {error}") from None
+    return value
+
+
+def check_pixel_budget(images: list[bytes]) -> None:
+    """Every image's size from its header, summed, against the request's budget: refused before any decoding."""
+    total = 0
+    for row, data in enumerate(images):
+        try:
+            with open_image(data, MAX_PIXELS) as image:
+                total += image.size[0] * image.size[1]
+        except BadImage as error:
+            raise BadRequest(f"row {row}: {error}") from None
+    if total > MAX_REQUEST_PIXELS:
+        raise BadRequest(f"the images hold {total:,} pixels together, over the {MAX_REQUEST_PIXELS:,} a request may "
+                         "hold; send them in smaller requests")
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -60,7 +76,17 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         self.logits = load_runtime(folder, "onnx")
         self.labels = json.loads((folder / "labels.json").read_text())
         self.temperature = read_temperature(folder)
-        self.transform = eval_transform(json.loads((folder / "preprocessing.json").read_text()))
+        spec = json.loads((folder / "preprocessing.json").read_text())
+        self.transform, self.input_size = eval_transform(spec), int(spec["resize_short_side"])
+
+    def model_input(self, data: bytes, row: int) -> torch.Tensor:
+        """One image decoded straight down to about twice the model's input size, then transformed: the full
+        picture is never held in several copies, and only one image is decoded at a time."""
+        try:
+            image = decode_image(data, max_pixels=MAX_PIXELS, shrink_to=self.input_size)
+        except BadImage as error:
+            raise BadRequest(f"row {row}: {error}") from None
+        return self.transform(image)
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         """`image` column of encoded image bytes -> label, probability and one column per class."""
@@ -68,10 +94,11 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             raise BadRequest("send a table with one column `image` of encoded image bytes (base64 in JSON)")
         if len(model_input) > MAX_IMAGES:
             raise BadRequest(f"{len(model_input)} images in one request; send at most {MAX_IMAGES}")
-        images = [image_from_request(value, row) for row, value in enumerate(model_input["image"])]
+        images = [image_bytes(value, row) for row, value in enumerate(model_input["image"])]
         if not images:
             raise BadRequest("no images in the request")
-        batch = torch.stack([self.transform(image) for image in images])
+        check_pixel_budget(images)
+        batch = torch.stack([self.model_input(data, row) for row, data in enumerate(images)])
         probabilities = class_probabilities(self.logits(batch.numpy()), self.temperature)
         best = probabilities.argmax(1)
         frame = pd.DataFrame(probabilities.numpy(), columns=self.labels)

@@ -1,30 +1,30 @@
-"""The one place that talks to MLflow, git and dvc.lock: where runs go and what ties them together."""
+"""The one place that talks to MLflow: where runs go, who may change their status, and the registry."""
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
-import platform
 import socket
 import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from importlib import metadata
 from pathlib import Path
 
 import mlflow
-import yaml
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from stages.store_location import StoreMoved, check_not_moved
+
 log = logging.getLogger("tracking")
 
-LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "mlflow", "dvc")
+
+class StoreError(RuntimeError):
+    """The MLflow store cannot be used (unreachable, damaged, moved); the message says which and how to fix it."""
 
 
 def repo_root() -> Path:
@@ -88,26 +88,42 @@ def probe_server(uri: str, timeout_s: float) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as answer:
             answer.read(64)
     except (OSError, urllib.error.URLError) as error:
-        raise RuntimeError(f"MLflow tracking server {uri} does not answer ({error}; gave up after "
+        raise StoreError(f"MLflow tracking server {uri} does not answer ({error}; gave up after "
                            f"{time.monotonic() - start:.0f} s, tracking.timeout={timeout_s:g}). Start the server, fix "
                            "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store") from error
 
 
-def connect(timeout_s: float = 15) -> MlflowClient:
-    """Point MLflow at the store and prove it answers, before any expensive work."""
+def connect(timeout_s: float = 15, create: bool = True) -> MlflowClient:
+    """Point MLflow at the store and prove it answers, before any expensive work. A local store that does not
+    exist is created, unless `create` is false (looking never creates an empty store)."""
     uri = tracking_uri()
+    return open_store(uri, timeout_s, create)
+
+
+def open_store(uri: str, timeout_s: float = 15, create: bool = False) -> MlflowClient:
+    """A client for the store at `uri`, proven to answer; StoreError in one line when it cannot be used
+    (unreachable, missing, damaged, or a local store whose repository moved)."""
     if uri.startswith(("http://", "https://")):
         probe_server(uri, timeout_s)
+    store = sqlite_path(uri)
+    if store is not None and not store.is_file() and not create:
+        raise StoreError(f"the MLflow store {store} does not exist; copy it here or set MLFLOW_TRACKING_URI to where "
+                         "the runs are")
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
         try:
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)
         except Exception as error:  # any failure here means the store is unusable; say which store and why
-            hint = (f"if {sqlite_path(uri)} is damaged, move it away (a new store is created) or restore it"
-                    if sqlite_path(uri) else "fix MLFLOW_TRACKING_URI or unset it to use the local sqlite store")
-            raise RuntimeError(f"MLflow tracking store {uri} cannot be used ({type(error).__name__}: "
-                               f"{str(error).splitlines()[0][:300]}); {hint}") from error
+            hint = (f"if {store} is damaged, move it away (a new store is created) or restore it"
+                    if store else "fix MLFLOW_TRACKING_URI or unset it to use the local sqlite store")
+            raise StoreError(f"MLflow tracking store {uri} cannot be used ({type(error).__name__}: "
+                             f"{str(error).splitlines()[0][:300]}); {hint}") from None
+    if store is not None and store.resolve().parent == repo_root():
+        try:
+            check_not_moved(store)
+        except StoreMoved as error:
+            raise StoreError(str(error)) from None
     return client
 
 
@@ -220,58 +236,53 @@ def continue_run(client: MlflowClient, run_id: str, note: str) -> None:
 
 
 def reopen(client: MlflowClient, run_file: str | Path, stage: str):
-    """The run named by `train.run` (models/run.json), for a later stage to add to without changing its
-    status; a run left RUNNING by a killed train is marked KILLED first."""
+    """The run named by models/run.json, for a later stage to add to without changing its status; a run left
+    RUNNING by a killed train is marked KILLED first."""
+    if not Path(run_file).is_file():
+        raise FileNotFoundError(f"{run_file} not found: it is made by the train stage (`dvc repro train`)")
     run_id = json.loads(Path(run_file).read_text())["run_id"]
     try:
         run = client.get_run(run_id)
     except MlflowException as error:
         raise RuntimeError(f"MLflow run {run_id} named by {run_file} is not in {tracking_uri()} "
                            f"({error.message[:200]}); re-run `dvc repro train`") from error
+    if run.info.lifecycle_stage == "deleted":
+        raise RuntimeError(f"MLflow run {run_id} named by {run_file} is deleted in {tracking_uri()}: restore it "
+                           f"(`mlflow runs restore --run-id {run_id}`) or train again (`dvc repro --force train`)")
     mark_if_orphaned(client, run, stage)
     return client.get_run(run_id)
 
 
-def flatten(data: dict, prefix: str = "") -> dict:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}: the same key as in params.yaml."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def card_versions(client: MlflowClient, card: dict, card_sha: str) -> tuple[list, list]:
+    """(complete versions of the card's registered model made from its run that carry this card's hash, all
+    versions made from that run)."""
+    info = card["mlflow"]
+    versions = client.search_model_versions(f"name='{info['name']}' and run_id='{info['run_id']}'")
+    matching = [v for v in versions if v.tags.get("model_card_sha256") == card_sha and "incomplete" not in v.tags]
+    return matching, versions
+
+
+def check_registered(card: dict, card_sha: str, where: Path) -> str:
+    """Hold a local model card against the registry it names, when that registry can be reached: raise
+    RuntimeError when the registry holds versions of the card's run but none with this card's hash (the card
+    or the files it vouches for were changed after registration). Returns what was checked, in words."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or resolve_uri(card["mlflow"]["tracking_uri"], Path.cwd())
+    try:
+        client = open_store(uri, timeout_s=5)
+        matching, versions = card_versions(client, card, card_sha)
+    except (StoreError, MlflowException) as error:
+        return f"registry not reachable ({str(error)[:160]}): only the local card vouches for {where}"
+    if not versions:
+        return f"registry {uri} holds no version of run {card['mlflow']['run_id']}: only the local card vouches"
+    if not matching:
+        raise RuntimeError(f"{where}/model_card.json is not the card registered for {card['mlflow']['name']} (run "
+                           f"{card['mlflow']['run_id']}, versions {', '.join(str(v.version) for v in versions)}): "
+                           "the export was changed after it was registered, so it is not loaded. Re-export "
+                           "(`dvc repro export`) or use the registered model (models:/NAME/VERSION)")
+    return f"card registered as {card['mlflow']['name']} version {matching[0].version}"
 
 
 def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int, values: dict) -> None:
     """All of one epoch's metrics in one batched call (per-metric calls cost ~7 ms each)."""
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()])
-
-
-def dvc_lock_hashes(root: Path | None = None) -> dict:
-    """{stage: {path: md5}} for every dep and out in this copy's dvc.lock (empty before the first run)."""
-    lock = (root or Path.cwd()) / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    return {name: {entry["path"]: entry.get("md5", "") for kind in ("deps", "outs")
-                   for entry in stage.get(kind, [])}
-            for name, stage in stages.items()}
-
-
-def params_hash(params: dict) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
-
-
-def environment() -> dict:
-    """Library versions, Python and OS (the machine and its kernels: runtime.fingerprint)."""
-    versions = {}
-    for name in LIBRARIES:
-        try:
-            versions[f"version.{name}"] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[f"version.{name}"] = "not installed"
-    versions["version.python"] = platform.python_version()
-    versions["platform"] = platform.platform()
-    return versions

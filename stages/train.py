@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from stages import distributed, runtime, tracking
+from stages import distributed, layout, provenance, runtime, tracking
 from stages.cli import stage_main
 from stages.data import DecodedImages, eval_crop, make_loader, preprocessing_spec, split_folder, train_transform
 from stages.features import FeatureViews, backbone_features, head_of
@@ -54,36 +54,35 @@ def train(params: Params, world: distributed.World, device: torch.device) -> dic
     resumes from `train.checkpoint` into the same MLflow run. Rank 0 alone writes and logs."""
     cfg = params.train
     client = tracking.connect(params.tracking.timeout) if world.main else None  # before training: fail fast
-    pretrained = load_checkpoint(params.pretrain.out, made_by="pretrain")
+    pretrained = load_checkpoint(layout.PRETRAINED, made_by="pretrain")
     seed_everything(cfg.seed)
     spec = preprocessing_spec(cfg.crop_size)
-    prepared = Path(params.prepare.out)
+    prepared = Path(layout.PREPARED)
     train_set = split_folder(prepared, "train", train_transform(cfg.crop_size, cfg.crop_scale_min, cfg.hflip))
     val_set = split_folder(prepared, "val", eval_crop(spec))
     if val_set.classes != train_set.classes:
         raise ValueError(f"{prepared}/val classes {val_set.classes} differ from train {train_set.classes}; "
                          "re-run `dvc repro prepare`")
     model = build_model(params.model.arch, len(train_set.classes))
-    load_backbone(model, params.model.arch, pretrained["state_dict"], params.pretrain.out)
+    load_backbone(model, params.model.arch, pretrained["state_dict"], layout.PRETRAINED)
     if cfg.freeze == "backbone":
         freeze_backbone(model, params.model.arch)
     key = resume_key(params) if world.main else {}
-    resume = distributed.broadcast_object(find_resume(cfg.checkpoint, key) if world.main else None)
+    resume = distributed.broadcast_object(find_resume(layout.CHECKPOINT, key) if world.main else None)
     run_id = None
     if world.main:
-        environment = runtime.write_fingerprint(params.runtime.fingerprints, "train", device,
-                                                params.runtime.reproducible)
+        environment = runtime.write_fingerprint("train", device, params.runtime.reproducible)
         run_id = (continue_run(client, resume) if resume else
                   start_run(client, params, pretrained["provenance"], environment).info.run_id)
     status = tracking.run_status(client, run_id) if world.main else nullcontext()
     with status, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        layout = runtime.memory_format(params.runtime.channels_last)
+        memory = runtime.memory_format(params.runtime.channels_last)
 
         def save(state: TrainState) -> None:
             state.meta = {"key": key, "run_id": run_id}
-            save_state(cfg.checkpoint, state)
-        history, stopper, trained = train_model(model.to(device, memory_format=layout), train_set, val_set,
+            save_state(layout.CHECKPOINT, state)
+        history, stopper, trained = train_model(model.to(device, memory_format=memory), train_set, val_set,
                                                 params, device, world, client, run_id, resume,
                                                 save if world.main else None)
         trained.load_state_dict(stopper.best_state)  # the head alone when it trained on cached features
@@ -92,12 +91,12 @@ def train(params: Params, world: distributed.World, device: torch.device) -> dic
         if world.main:
             client.set_tag(run_id, "nondeterministic_ops", json.dumps(runtime.nondeterministic_ops(caught)))
             tracking.log_epoch_metrics(client, run_id, stopper.best_epoch, metrics)
-            save_checkpoint(cfg.out, model, arch=params.model.arch, class_names=list(train_set.classes),
+            save_checkpoint(layout.MODEL, model, arch=params.model.arch, class_names=list(train_set.classes),
                             preprocessing=spec, params=params.as_dict(), provenance=pretrained["provenance"],
                             best_epoch=stopper.best_epoch)  # no run id here: same inputs, same bytes
-            write_history(cfg.plots, history)
-            write_json(cfg.metrics, metrics)
-            write_json(cfg.run, {"run_id": run_id, "experiment_id": client.get_run(run_id).info.experiment_id,
+            write_history(layout.HISTORY, history)
+            write_json(layout.TRAIN_METRICS, metrics)
+            write_json(layout.RUN, {"run_id": run_id, "experiment_id": client.get_run(run_id).info.experiment_id,
                                  "tracking_uri": tracking.portable_uri(tracking.tracking_uri())})
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return metrics
@@ -108,13 +107,13 @@ def train_model(model, train_set, val_set, params: Params, device, world: distri
     """The shared `fit` with this stage's recipe, on this rank's share of the data; each epoch's row goes to
     MLflow as it ends (rank 0). Returns the history, the early-stopping record and the module it trained (the
     head alone on cached features)."""
-    cfg, layout = params.train, runtime.memory_format(params.runtime.channels_last)
+    cfg, memory = params.train, runtime.memory_format(params.runtime.channels_last)
     if cfg.freeze == "backbone" and cfg.cache_features:
         start = time.perf_counter()
         model, train_loader, val_loader = cached_feature_loaders(model, train_set, val_set, params, device, world)
         if world.main and resume is None:
             tracking.log_epoch_metrics(client, run_id, 0, {"feature_cache_s": time.perf_counter() - start})
-        layout = torch.contiguous_format
+        memory = torch.contiguous_format
     else:
         if cfg.cache_images:
             start = time.perf_counter()
@@ -130,7 +129,7 @@ def train_model(model, train_set, val_set, params: Params, device, world: distri
     def log_epoch(row: dict) -> None:
         tracking.log_epoch_metrics(client, run_id, row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
     history, stopper = fit(model, train_loader, val_loader, recipe, device, on_epoch=log_epoch if world.main else None,
-                           memory_format=layout, compile_model=cfg.compile, resume=resume, checkpoint=checkpoint,
+                           memory_format=memory, compile_model=cfg.compile, resume=resume, checkpoint=checkpoint,
                            checkpoint_every=cfg.checkpoint_every)
     return history, stopper, model
 
@@ -139,7 +138,7 @@ def cached_feature_loaders(model, train_set, val_set, params: Params, device, wo
                            ) -> tuple[nn.Module, DataLoader, DataLoader]:
     """(the head, loaders over cached backbone features): the backbone runs once per image and view (on every
     rank, over every image: the head's loaders then take this rank's share)."""
-    cfg, layout = params.train, runtime.memory_format(params.runtime.channels_last)
+    cfg, memory = params.train, runtime.memory_format(params.runtime.channels_last)
     if cfg.crop_scale_min < 1.0:
         log.warning("train.cache_features: random resized crops (crop_scale_min %s) are replaced by the center "
                     "crop, since cached features have fixed views; set train.cache_features: false to keep them",
@@ -149,8 +148,8 @@ def cached_feature_loaders(model, train_set, val_set, params: Params, device, wo
     loaders = [make_loader(dataset, cfg.batch_size, False, cfg.num_workers, cfg.seed)
                for dataset in (train_set, val_set)]
     arch = params.model.arch
-    train_views, train_targets = backbone_features(model, arch, loaders[0], device, cfg.hflip, layout)
-    val_views, val_targets = backbone_features(model, arch, loaders[1], device, False, layout)
+    train_views, train_targets = backbone_features(model, arch, loaders[0], device, cfg.hflip, memory)
+    val_views, val_targets = backbone_features(model, arch, loaders[1], device, False, memory)
     log.info("cached backbone features: %d train images x %d views, %d val images", train_views.shape[1],
              train_views.shape[0], val_views.shape[1])
     return (head_of(model, arch),
@@ -172,9 +171,8 @@ def resume_key(params: Params) -> dict:
     code = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
         code.update(path.name.encode() + b"\0" + path.read_bytes())
-    return {"params": {k: v for k, v in tracking.flatten(sections).items() if k not in NOT_IN_RESULT},
-            "data": sha256_file(Path(params.prepare.out) / "manifest.csv"),
-            "weights": sha256_file(params.pretrain.out), "code": code.hexdigest()}
+    return {"params": {k: v for k, v in provenance.flatten(sections).items() if k not in NOT_IN_RESULT},
+            "data": sha256_file(layout.MANIFEST), "weights": sha256_file(layout.PRETRAINED), "code": code.hexdigest()}
 
 
 def find_resume(path: str, key: dict) -> TrainState | None:
@@ -227,25 +225,25 @@ def continue_run(client, resume: TrainState) -> str:
     return run_id
 
 
-def start_run(client, params: Params, provenance: dict, environment: dict):
+def start_run(client, params: Params, weights: dict, environment: dict):
     """A new MLflow run for this model, tagged with everything that ties it to DVC and git (and with this
     process, so a run a SIGKILL leaves RUNNING can be recognised later)."""
     from mlflow.entities import Param
     experiment = tracking.experiment_id(client, params.train.experiment)
     tracking.mark_orphaned_runs(client, experiment, "train")
-    params_sha = tracking.params_hash(params.as_dict())
-    lock = tracking.dvc_lock_hashes()
-    tags = {**git_state(params.output_paths()), **tracking.environment(), **tracking.process_tags(),
+    params_sha = provenance.params_hash(params.as_dict())
+    lock = provenance.dvc_lock_hashes()
+    tags = {**git_state(layout.all_outputs()), **provenance.environment(), **tracking.process_tags(),
             **{f"env.{k}": "" if v is None else v for k, v in environment.items()},
             "params_sha256": params_sha,
-            "dvc.prepared_md5": lock.get("prepare", {}).get(params.prepare.out, ""),
+            "dvc.prepared_md5": lock.get("prepare", {}).get(layout.PREPARED, ""),
             "dvc.data_md5": lock.get("prepare", {}).get(params.prepare.data, ""),
-            "dvc.pretrained_md5": lock.get("pretrain", {}).get(params.pretrain.out, ""),
-            "weights.source": provenance["source"], "weights.origin": provenance["origin"],
+            "dvc.pretrained_md5": lock.get("pretrain", {}).get(layout.PRETRAINED, ""),
+            "weights.source": weights["source"], "weights.origin": weights["origin"],
             "dvc.experiment": os.environ.get("DVC_EXP_NAME", ""), "seed": params.train.seed}
     run = client.create_run(experiment, run_name=tracking.run_name(params_sha),
                             tags={k: json.dumps(v) if isinstance(v, list | bool) else str(v) for k, v in tags.items()})
-    flat = tracking.flatten(params.as_dict())
+    flat = provenance.flatten(params.as_dict())
     logged = [Param(k, "null" if v is None else str(v)) for k, v in flat.items()]
     for start in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run.info.run_id, params=logged[start:start + 100])

@@ -33,20 +33,25 @@ def snapshot(root):
     return state
 
 
+@pytest.fixture(autouse=True)
+def in_workspace(tmp_path, monkeypatch):
+    """Stages write where the layout says, inside the current folder: here, the test's own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def params_for(tmp_path, data, **changes):
-    values = {"data": str(data), "out": str(tmp_path / "prepared"), "metrics": str(tmp_path / "prepare.json"),
-              "image_size": 16, "min_per_class": 4, "min_size": 8, "workers": 1, "test_data": str(data),
-              "val_fraction": 0.15, "test_fraction": 0.2, **changes}
+    values = {"data": str(data), "image_size": 16, "min_per_class": 4, "min_size": 8, "workers": 1,
+              "test_data": str(data), "val_fraction": 0.15, "test_fraction": 0.2, **changes}
     return load_params(ROOT / "params.yaml", overrides={"prepare": values})
 
 
 def excluded_kinds(tmp_path):
-    with open(tmp_path / "prepared" / "excluded.csv", newline="", encoding="utf-8") as f:
+    with open(tmp_path / "data" / "prepared" / "excluded.csv", newline="", encoding="utf-8") as f:
         return {row["source"]: row["kind"] for row in csv.DictReader(f)}
 
 
 def manifest(tmp_path):
-    with open(tmp_path / "prepared" / "manifest.csv", newline="", encoding="utf-8") as f:
+    with open(tmp_path / "data" / "prepared" / "manifest.csv", newline="", encoding="utf-8") as f:
         return {row["source"]: row for row in csv.DictReader(f)}
 
 
@@ -107,19 +112,23 @@ def test_every_bad_file_is_reported_and_nothing_is_lost(tmp_path, messy):
     assert len(included) + len(kinds) == metrics["input_files"] == len(before)
     assert metrics["excluded_by_kind"]["hidden_file"] == 4
     assert snapshot(messy) == before
-    first = (tmp_path / "prepared" / "excluded.csv").read_bytes(), (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    first = (tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(), (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
     prepare.run(params_for(tmp_path, messy))
-    assert ((tmp_path / "prepared" / "excluded.csv").read_bytes(),
-            (tmp_path / "prepared" / "manifest.csv").read_bytes()) == first
+    assert ((tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(),
+            (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()) == first
 
 
-def test_on_bad_file_fail_lists_them_and_leaves_input_untouched(tmp_path, messy):
+def test_on_bad_file_fail_lists_them_and_leaves_input_and_output_untouched(tmp_path, messy):
     before = snapshot(messy)
+    prepare.run(params_for(tmp_path, messy))
+    prepared = snapshot(tmp_path / "data" / "prepared")
     with pytest.raises(ValueError, match=r"(?s)6 unusable image\(s\).*cats/bomb.png: decompression bomb.*"
-                                         r"cats/empty.jpg: empty file.*on_bad_file: skip"):
+                                         r"cats/empty.jpg: empty file.*cats/truncated.jpg: corrupt.*"
+                                         r"on_bad_file: skip.*data/prepared is unchanged"):
         prepare.run(params_for(tmp_path, messy, on_bad_file="fail"))
-    assert excluded_kinds(tmp_path)["cats/truncated.jpg"] == "corrupt"
     assert snapshot(messy) == before
+    assert snapshot(tmp_path / "data" / "prepared") == prepared  # the last good output, whole
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["prepared"]  # nothing half-written beside it
 
 
 def test_unusual_valid_images_become_upright_rgb(tmp_path):
@@ -150,7 +159,7 @@ def test_unusual_valid_images_become_upright_rgb(tmp_path):
     assert excluded_kinds(tmp_path) == {}
     rows = manifest(tmp_path)
     for name in files:
-        with Image.open(tmp_path / "prepared" / rows[f"a/{name}"]["file"]) as image:
+        with Image.open(tmp_path / "data" / "prepared" / rows[f"a/{name}"]["file"]) as image:
             assert image.mode == "RGB", name
             expected = (16, 24) if name == "rotated.jpg" else (24, 16)  # EXIF-rotated: portrait, upright
             assert image.size == expected, name
@@ -194,7 +203,7 @@ def test_symlinks_outside_are_not_followed_unless_allowed(tmp_path):
 
 def test_split_changed_after_prepare_fails_with_the_path(tmp_path, tiny_folder):
     prepare.run(params_for(tmp_path, tiny_folder))
-    prepared = tmp_path / "prepared"
+    prepared = tmp_path / "data" / "prepared"
     spec = preprocessing_spec(16)
     victim = sorted((prepared / "train" / "red").iterdir())[0]
     victim.write_bytes(b"replaced by something that is not an image")

@@ -35,15 +35,16 @@ def full_disk(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, full_disk):
+def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, full_disk, monkeypatch):
     data = make_image_folder(tmp_path / "photos", {"a": 12, "b": 12}, size=256)  # noise: ~80 KB a prepared JPEG
+    monkeypatch.chdir(full_disk)  # data/prepared on the small disk
     params = load_params(ROOT / "params.yaml", overrides={"prepare": {
-        "data": str(data), "test_data": str(data), "test_fraction": 0.2, "out": str(full_disk / "prepared"),
-        "metrics": str(tmp_path / "prepare.json"), "image_size": 256, "min_per_class": 3, "workers": 1}})
-    with pytest.raises(OSError, match=r"cannot write .*small-disk/prepared/\.staging/.*\.jpg \(decoded from "
-                                      r".*photos/.*\): No space left on device\. Free space"):
+        "data": str(data), "test_data": str(data), "test_fraction": 0.2, "image_size": 256, "min_per_class": 3,
+        "workers": 1}})
+    with pytest.raises(OSError, match=r"cannot write data/\.prepared\.partial-\d+/\.staging/.*\.jpg "
+                                      r"\(decoded from .*photos/.*\): No space left on device\. Free space"):
         prepare.run(params)
-    assert not (full_disk / "prepared" / ".staging").exists()
+    assert list((full_disk / "data").iterdir()) == []  # no staging, no partial output
 
 
 def test_full_disk_never_leaves_a_truncated_model(full_disk):

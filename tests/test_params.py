@@ -19,7 +19,7 @@ def test_repo_params_load_typed():
     params = load_params(ROOT / "params.yaml")
     assert params.model.arch == "resnet18"
     assert isinstance(params.train.lr, float) and isinstance(params.train.epochs, int)
-    assert params.prepare.out == "data/prepared"
+    assert params.prepare.data == "data/sample/target"
 
 
 def test_unknown_key_names_key_and_allowed(tmp_path):
@@ -62,18 +62,38 @@ def test_non_finite_numbers_are_refused(tmp_path, value):
 
 
 @pytest.mark.parametrize("section, key, value, message", [
-    ("export", "out", "data/sample/target", r"export\.out = 'data/sample/target' overlaps the input prepare\.data"),
-    ("prepare", "out", "stages", r"prepare\.out = 'stages' overlaps the pipeline's code"),
-    ("prepare", "out", "data", r"prepare\.out = 'data' overlaps the input prepare\.data"),
-    ("train", "out", ".git/model.pt", r"train\.out = '\.git/model\.pt' overlaps the git repository"),
-    ("export", "out", ".dvc", r"export\.out = '\.dvc' overlaps DVC's folder"),
-    ("train", "out", "models/pretrained.pt", r"pretrain\.out = 'models/pretrained\.pt' and train\.out = "),
+    ("export", "out", "../victim", r"unknown key\(s\) export\.out"),  # where stages write is not a param
+    ("prepare", "data", "data", r"prepare\.data = 'data' overlaps data/prepared, which the prepare stage deletes"),
+    ("prepare", "test_data", "models", r"prepare\.test_data = 'models' overlaps models/pretrained\.pt, which the "
+                                       r"pretrain stage"),
+    ("pretrain", "file", "models/export/model.onnx", r"pretrain\.file = 'models/export/model\.onnx' overlaps "
+                                                     r"models/export, which the export stage"),
+    ("prepare", "val_fraction", 0.0, r"prepare\.val_fraction = 0 leaves no val split"),
     ("export", "registered_model", "", r"export\.registered_model is empty"),
     ("train", "experiment", "  ", r"train\.experiment is empty"),
 ])
-def test_outputs_that_would_delete_inputs_code_or_history_are_refused(tmp_path, section, key, value, message):
+def test_inputs_that_an_output_would_delete_or_values_that_break_a_stage_are_refused(section, key, value, message):
     with pytest.raises(ValueError, match=message):
         load_params(ROOT / "params.yaml", overrides={section: {key: value}})
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("\n  lr: 0.01 ", "\n  lr: 0.02\n  lr: 0.01 ")
+    (tmp_path / "params.yaml").write_text(text)
+    first = next(n for n, line in enumerate(text.splitlines(), 1) if line.startswith("  lr: 0.02"))
+    with pytest.raises(ValueError, match=rf"key `lr` appears twice in one section \(lines {first} and "
+                                         rf"{first + 1}\), and only one would count; keep one"):
+        load_params(tmp_path / "params.yaml")
+    twice = (ROOT / "params.yaml").read_text() + "\ntrain:\n  lr: 0.5\n"
+    (tmp_path / "params.yaml").write_text(twice)
+    with pytest.raises(ValueError, match=r"key `train` appears twice"):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_exponent_notation_is_a_number_as_dvc_reads_it(tmp_path):
+    text = (ROOT / "params.yaml").read_text().replace("\n  lr: 0.01 ", "\n  lr: 1e-4 ")
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.lr == 0.0001
 
 
 def test_yaml_syntax_error_is_one_line_with_its_place(tmp_path):

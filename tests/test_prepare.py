@@ -17,10 +17,15 @@ def folder_hashes(root):
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.fixture(autouse=True)
+def in_workspace(tmp_path, monkeypatch):
+    """Stages write where the layout says, inside the current folder: here, the test's own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def params_for(tmp_path, data, **changes):
-    prepare_params = {"data": str(data), "out": str(tmp_path / "prepared"), "metrics": str(tmp_path / "m.json"),
-                      "image_size": 20, "min_per_class": 5, "workers": 1, "test_data": str(data), "val_fraction": 0.15,
-                      "test_fraction": 0.2, **changes}
+    prepare_params = {"data": str(data), "image_size": 20, "min_per_class": 5, "workers": 1, "test_data": str(data),
+                      "val_fraction": 0.15, "test_fraction": 0.2, **changes}
     return load_params(ROOT / "params.yaml", overrides={"prepare": prepare_params})
 
 
@@ -37,8 +42,8 @@ def test_prepare_splits_resizes_and_accounts_for_every_file(tmp_path, tiny_folde
     metrics = prepare.run(params)
 
     assert folder_hashes(tiny_folder) == before, "the input folder must never change"
-    manifest = read_csv(tmp_path / "prepared" / "manifest.csv")
-    excluded = read_csv(tmp_path / "prepared" / "excluded.csv")
+    manifest = read_csv(tmp_path / "data" / "prepared" / "manifest.csv")
+    excluded = read_csv(tmp_path / "data" / "prepared" / "excluded.csv")
     assert len(manifest) + len(excluded) == len(before) == metrics["input_files"] == 38
     kinds = {e["source"]: e["kind"] for e in excluded}
     assert kinds == {"red/notes.txt": "not_image", "red/img000.png": "duplicate"}  # copy.png sorts first: kept
@@ -48,29 +53,29 @@ def test_prepare_splits_resizes_and_accounts_for_every_file(tmp_path, tiny_folde
     for split in ("train", "val", "test"):
         assert set(metrics["counts"][split]) == {"red", "green", "blue"}
     for row in manifest:
-        with Image.open(tmp_path / "prepared" / row["file"]) as image:
+        with Image.open(tmp_path / "data" / "prepared" / row["file"]) as image:
             assert image.mode == "RGB" and min(image.size) == 20
         assert row["file"].startswith(f"{row['split']}/{row['class']}/")
-    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    assert json.loads((tmp_path / "metrics/prepare.json").read_text()) == metrics
 
 
 def test_prepare_is_deterministic(tmp_path, tiny_folder):
     params = params_for(tmp_path, tiny_folder)
     prepare.run(params)
-    first = (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    first = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
     prepare.run(params)
-    assert (tmp_path / "prepared" / "manifest.csv").read_bytes() == first
+    assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() == first
 
 
 def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
     prepare.run(params_for(tmp_path, tiny_folder, workers=1))
-    serial = (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    serial = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
     make_image_folder(tiny_folder, {"red": 40, "green": 40, "blue": 40}, seed=5)  # enough for the process pool
     prepare.run(params_for(tmp_path, tiny_folder, workers=2))
-    assert (tmp_path / "prepared" / "manifest.csv").read_bytes() != serial  # more files now
-    parallel = (tmp_path / "prepared" / "manifest.csv").read_bytes()
+    assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() != serial  # more files now
+    parallel = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
     prepare.run(params_for(tmp_path, tiny_folder, workers=1))
-    assert (tmp_path / "prepared" / "manifest.csv").read_bytes() == parallel
+    assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() == parallel
 
 
 @pytest.mark.parametrize("make, message", [
@@ -81,14 +86,16 @@ def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
 def test_bad_data_path_fails_before_any_work(tmp_path, make, message):
     with pytest.raises((FileNotFoundError, NotADirectoryError, ValueError), match=f"prepare.data=.*{message}"):
         prepare.run(params_for(tmp_path, make(tmp_path)))
-    assert not (tmp_path / "prepared").exists()
+    assert not (tmp_path / "data" / "prepared").exists()
 
 
-def test_output_inside_input_is_refused(tmp_path, tiny_folder):
-    before = folder_hashes(tiny_folder)
-    with pytest.raises(ValueError, match="overlap"):
-        prepare.run(params_for(tmp_path, tiny_folder, out=str(tiny_folder / "red" / "out")))
-    assert folder_hashes(tiny_folder) == before
+def test_input_inside_an_output_is_refused_before_anything_is_deleted(tmp_path):
+    inside = make_image_folder(tmp_path / "data" / "prepared" / "mine", {"red": 6, "blue": 6})
+    before = folder_hashes(inside)
+    with pytest.raises(ValueError, match=r"prepare\.data = '.*/data/prepared/mine' overlaps data/prepared, which "
+                                         r"the prepare stage deletes and rewrites"):
+        params_for(tmp_path, inside)
+    assert folder_hashes(inside) == before
 
 
 def test_same_pixels_in_other_bytes_are_duplicates(tmp_path, tiny_folder):
@@ -97,7 +104,7 @@ def test_same_pixels_in_other_bytes_are_duplicates(tmp_path, tiny_folder):
     (tiny_folder / "red" / "resaved.png").write_bytes(original + b"trailing bytes")
     (tiny_folder / "green" / "relabelled.png").write_bytes(original + b"other trailing bytes")
     metrics = prepare.run(params_for(tmp_path, tiny_folder))
-    kinds = {e["source"]: e["kind"] for e in read_csv(tmp_path / "prepared" / "excluded.csv")}
+    kinds = {e["source"]: e["kind"] for e in read_csv(tmp_path / "data" / "prepared" / "excluded.csv")}
     assert kinds == {"green/relabelled.png": "label_conflict", "red/img000.png": "label_conflict",
                      "red/resaved.png": "label_conflict"}
     assert metrics["included"] == 35
@@ -112,12 +119,12 @@ def test_fixed_test_set_is_the_test_split_and_never_leaks(tmp_path, tiny_folder)
     metrics = prepare.run(params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.0))
 
     assert (folder_hashes(tiny_folder), folder_hashes(test_folder)) == before
-    rows = read_csv(tmp_path / "prepared" / "manifest.csv")
+    rows = read_csv(tmp_path / "data" / "prepared" / "manifest.csv")
     assert {r["source"] for r in rows if r["split"] == "test"} == {
         f"{c}/img{i:03d}.png" for c in ("red", "green", "blue") for i in range(6)}
     assert all(r["origin"] == "test_data" for r in rows if r["split"] == "test")
     assert metrics["split_sizes"] == {"train": 30, "val": 6, "test": 18}
-    excluded = {e["source"]: e for e in read_csv(tmp_path / "prepared" / "excluded.csv")}
+    excluded = {e["source"]: e for e in read_csv(tmp_path / "data" / "prepared" / "excluded.csv")}
     assert {k: e["kind"] for k, e in excluded.items()} == {"blue/relabelled.png": "in_test_data",
                                                            "red/leak.png": "in_test_data"}
     assert "labelled 'red' there" in excluded["blue/relabelled.png"]["reason"]

@@ -1,16 +1,14 @@
 """The CI check's verdicts on metrics it is handed: exact on the same pinned runtime, banded elsewhere."""
 
-from stages.params import load_params
+from stages import layout
 from stages.reproduce import compare_metrics, decide_mode, report
-from tests.conftest import ROOT
 
-PARAMS = load_params(ROOT / "params.yaml")
 PINNED = {"pinned": True, "device": "cpu", "kernel_isa": "DEFAULT", "blas": "MKL COMPATIBLE", "threads": 2,
           "torch": "2.14.1", "torchvision": "0.29.1", "machine": "x86_64", "cpu": "AMD EPYC", "cpu_isa": "AVX2"}
 REFERENCE = {
-    PARAMS.prepare.metrics: {"included": 2800, "split_sizes": {"test": 2400}},
-    PARAMS.train.metrics: {"best_epoch": 20, "best_val_accuracy": 0.75},
-    PARAMS.evaluate.metrics: {"test_accuracy": 0.80, "test_f1_macro": 0.79, "test_images": 2400,
+    layout.PREPARE_METRICS: {"included": 2800, "split_sizes": {"test": 2400}},
+    layout.TRAIN_METRICS: {"best_epoch": 20, "best_val_accuracy": 0.75},
+    layout.EVALUATE_METRICS: {"test_accuracy": 0.80, "test_f1_macro": 0.79, "test_images": 2400,
                               "test_accuracy_ci95": {"low": 0.785, "high": 0.815},
                               "test_f1_macro_ci95": {"low": 0.774, "high": 0.806},
                               "per_class": {"coat": {"recall": 0.7, "support": 600.0}},
@@ -21,8 +19,8 @@ def changed(**edits) -> dict:
     """A copy of the reference metrics with `file__key=value` edits (key path joined by '__')."""
     metrics = {f: {k: dict(v) if isinstance(v, dict) else v for k, v in m.items()} for f, m in REFERENCE.items()}
     for name, value in edits.items():
-        file = {"prepare": PARAMS.prepare.metrics, "train": PARAMS.train.metrics,
-                "evaluate": PARAMS.evaluate.metrics}[name.split("__")[0]]
+        file = {"prepare": layout.PREPARE_METRICS, "train": layout.TRAIN_METRICS,
+                "evaluate": layout.EVALUATE_METRICS}[name.split("__")[0]]
         node = metrics[file]
         *path, last = name.split("__")[1:]
         for part in path:
@@ -35,7 +33,7 @@ def verdict(new_metrics: dict, new_env: dict) -> tuple[bool, str]:
     old_env = dict.fromkeys(("pretrain", "train", "evaluate"), PINNED)
     env = dict.fromkeys(("pretrain", "train", "evaluate"), new_env)
     exact, reasons = decide_mode(old_env, env)
-    return report(compare_metrics(REFERENCE, new_metrics, exact, PARAMS), exact, reasons, old_env, env)
+    return report(compare_metrics(REFERENCE, new_metrics, exact), exact, reasons, old_env, env)
 
 
 def test_same_pinned_runtime_on_another_cpu_must_match_exactly():
@@ -60,10 +58,10 @@ def test_other_runtime_gates_integrity_exactly_and_headline_by_interval():
 
 def test_band_widens_to_the_measured_seed_spread():
     spread = {"test_accuracy": {"mean": 0.80, "sd": 0.01}, "test_f1_macro": {"mean": 0.79, "sd": 0.01}}
-    rows = compare_metrics(REFERENCE, changed(evaluate__test_accuracy=0.775), False, PARAMS, spread)
+    rows = compare_metrics(REFERENCE, changed(evaluate__test_accuracy=0.775), False, spread)
     [accuracy] = [r for r in rows if r.key == "test_accuracy"]
     assert accuracy.ok and accuracy.gate == "band [0.7700, 0.8300]"
-    rows = compare_metrics(REFERENCE, changed(evaluate__test_accuracy=0.775), False, PARAMS)
+    rows = compare_metrics(REFERENCE, changed(evaluate__test_accuracy=0.775), False)
     assert not [r for r in rows if r.key == "test_accuracy"][0].ok  # the interval alone is narrower
 
 

@@ -11,17 +11,21 @@ from stages.weights import WeightsError, imagenet_cache_path
 from tests.conftest import ROOT
 
 
+@pytest.fixture(autouse=True)
+def in_workspace(tmp_path, monkeypatch):
+    """pretrain writes models/pretrained.pt and its metrics inside the current folder: here, the test's own."""
+    monkeypatch.chdir(tmp_path)
+
+
 def pretrain_params(tmp_path, **changes):
-    overrides = {"out": str(tmp_path / "pretrained.pt"), "metrics": str(tmp_path / "pretrain.json"), **changes}
-    return load_params(ROOT / "params.yaml", overrides={"pretrain": overrides,
-                                                         "runtime": {"fingerprints": str(tmp_path / "environment")}})
+    return load_params(ROOT / "params.yaml", overrides={"pretrain": changes})
 
 
 def test_local_file_is_loaded_with_provenance(tmp_path):
     source = get_model("resnet18", weights=None)
     torch.save(source.state_dict(), tmp_path / "air-gapped.pth")
     pretrain.run(pretrain_params(tmp_path, source="file", file=str(tmp_path / "air-gapped.pth")))
-    checkpoint = load_checkpoint(tmp_path / "pretrained.pt", made_by="pretrain")
+    checkpoint = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")
     assert checkpoint["arch"] == "resnet18"
     assert checkpoint["provenance"]["source"] == "file"
     assert len(checkpoint["provenance"]["origin_sha256"]) == 64
@@ -44,7 +48,7 @@ def test_bad_weights_file_gets_one_line_naming_it(tmp_path, make, message):
     make(path)
     with pytest.raises(WeightsError, match=f"^{tmp_path}/weights.pth \\(pretrain.file\\) {message}|^{path} {message}"):
         pretrain.run(pretrain_params(tmp_path, source="file", file=str(path)))
-    assert not (tmp_path / "pretrained.pt").exists()
+    assert not (tmp_path / "models/pretrained.pt").exists()
 
 
 def test_pinned_full_sha256_is_enforced(tmp_path):
@@ -62,7 +66,7 @@ def test_imagenet_offline_without_cache_names_file_and_alternatives(tmp_path, mo
         pretrain.run(pretrain_params(tmp_path, source="imagenet", download=False))
     message = str(error.value)
     assert str(expected) in message and "pretrain.source: file" in message and "dataset | none" in message
-    assert not (tmp_path / "pretrained.pt").exists()
+    assert not (tmp_path / "models/pretrained.pt").exists()
 
 
 def test_imagenet_cache_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
@@ -76,7 +80,7 @@ def test_imagenet_cache_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
 
 def test_none_is_seeded_random_init(tmp_path):
     pretrain.run(pretrain_params(tmp_path, source="none", seed=3))
-    first = load_checkpoint(tmp_path / "pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
+    first = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
     pretrain.run(pretrain_params(tmp_path, source="none", seed=3))
-    again = load_checkpoint(tmp_path / "pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
+    again = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
     assert torch.equal(first, again)

@@ -1,0 +1,53 @@
+"""What ties a result to what made it, as plain values: dvc.lock's hashes, the params hash, library versions.
+No MLflow here: the tracking module records these, the model card and lineage compare them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "mlflow", "dvc")
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}: the same key as in params.yaml."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def dvc_lock_hashes(root: Path | None = None) -> dict:
+    """{stage: {path: md5}} for every dep and out in this copy's dvc.lock (empty before the first run)."""
+    lock = (root or Path.cwd()) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return {name: {entry["path"]: entry.get("md5", "") for kind in ("deps", "outs")
+                   for entry in stage.get(kind, [])}
+            for name, stage in stages.items()}
+
+
+def params_hash(params: dict) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def environment() -> dict:
+    """Library versions, Python and OS (the machine and its kernels: runtime.fingerprint)."""
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[f"version.{name}"] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[f"version.{name}"] = "not installed"
+    versions["version.python"] = platform.python_version()
+    versions["platform"] = platform.platform()
+    return versions
