@@ -124,10 +124,6 @@ def register(client, params: Params, out: Path, run_id: str, card: dict, card_sh
     """A registered version for this export, created in one call with the tags that tie it to its card. The
     same card exported again reuses its version; versions of this run left without a card are marked."""
     import mlflow
-    import pandas
-    from mlflow.models import infer_signature
-
-    from stages.serving import ImageClassifier
 
     name = params.export.registered_model
     versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
@@ -141,20 +137,36 @@ def register(client, params: Params, out: Path, run_id: str, card: dict, card_sh
             log.warning("%s version %s has no model card (an interrupted export): tagged incomplete", name,
                         version.version)
     example_file = next(p for p in sorted((Path(layout.PREPARED) / "test").rglob("*")) if p.is_file())
-    example = pandas.DataFrame({"image": [example_file.read_bytes()]})
-    loaded = ImageClassifier()
-    loaded.load(out)
-    signature = infer_signature(example, loaded.predict(None, example))
     artifact_path = f"model-{card_sha[:12]}"
     with tempfile.TemporaryDirectory() as scratch:
-        mlflow.pyfunc.save_model(Path(scratch) / "model", python_model=str(Path(__file__).with_name("served_model.py")),
-                                 artifacts={"export_dir": str(out)}, code_paths=[str(Path(__file__).parent)],
-                                 signature=signature, input_example=example)
+        save_served_model(out, Path(scratch) / "model", example_file.read_bytes())
         client.log_artifacts(run_id, str(Path(scratch) / "model"), artifact_path)
     tags = {"model_card_sha256": card_sha, "git_commit": card["git"]["git_commit"],
             "onnx_sha256": card["model"]["files"][ONNX_FILE]}
     version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name, tags=tags)
     return {"name": name, "version": str(version.version), "run_id": run_id, "reused": False}
+
+
+def save_served_model(export_dir: Path, target: Path, example_image: bytes) -> None:
+    """The export as an MLflow pyfunc model at `target` (models-from-code: stages/served_model.py runs it, no
+    pickle), with its signature and an input example."""
+    import shutil
+
+    import mlflow
+    import pandas
+    from mlflow.models import infer_signature
+
+    from stages.serving import ImageClassifier
+    example = pandas.DataFrame({"image": [example_image]})
+    loaded = ImageClassifier()
+    loaded.load(export_dir)
+    signature = infer_signature(example, loaded.predict(None, example))
+    with tempfile.TemporaryDirectory() as scratch:
+        staged = Path(scratch) / "export"  # the artifact's name in the model: not the partial folder's
+        shutil.copytree(export_dir, staged)
+        mlflow.pyfunc.save_model(target, python_model=str(Path(__file__).with_name("served_model.py")),
+                                 artifacts={"export_dir": str(staged)}, code_paths=[str(Path(__file__).parent)],
+                                 signature=signature, input_example=example)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -73,12 +74,13 @@ def load_checkpoint(path: str | Path, made_by: str) -> dict:
         raise FileNotFoundError(f"{path} not found: it is made by the {made_by} stage (`dvc repro {made_by}`)")
     remake = f"re-create it with `dvc repro --force {made_by}` (or restore it: `dvc checkout {path}`)"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        what = "a pickled Python object (loading it could run code)" if "Unsupported global" in str(error) else \
-            "not a torch.save archive"
-        raise CheckpointError(f"{path} holds {what}, not a checkpoint of the {made_by} stage; not loaded. "
-                              f"{remake}") from None
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a file it then refuses
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path} is not a checkpoint of plain tensors (a pickled Python object, or no "
+                              f"torch.save archive): unpickling it could run code, so it is not loaded; {remake}"
+                              ) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError) as error:
         raise CheckpointError(f"{path} is truncated or corrupt ({str(error).splitlines()[0][:100]}); {remake}"
                               ) from None

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.error import URLError
 
@@ -81,10 +85,59 @@ def start_server(command: list[str], url: str, cwd: Path, env: dict | None, log:
     raise AssertionError(f"{command} did not answer {url} within {wait:.0f} s: {log.read_text()[-2000:]}")
 
 
-def run(command: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+def attempt(command: list[str], cwd: Path, env: dict | None = None, timeout: float = 900
+            ) -> subprocess.CompletedProcess:
+    """Run a command to its end, bounded, whatever its exit code. Its output goes to files, not pipes: a daemon it
+    leaves behind (a DVC queue worker) inherits them and would hold a pipe open forever, never a file. Past
+    `timeout` seconds the command and its process group are killed and the test fails, quoting the output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
+        timed_out = False
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        output = []
+        for file in (out, err):
+            file.seek(0)
+            output.append(file.read().decode("utf-8", "replace"))
+    if timed_out:
+        raise AssertionError(f"{command} ran past {timeout:.0f} s and was killed:\n{output[0][-3000:]}\n"
+                             f"{output[1][-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, *output)
+
+
+def run(command: list[str], cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+    """`attempt` a command that must succeed."""
+    result = attempt(command, cwd, env, timeout)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def end_processes_in(folder: Path, grace: float = 10) -> list[int]:
+    """End every process whose working folder lies in `folder` (daemons a test started there: DVC queue
+    workers detach with setsid, so only where they run finds them): SIGTERM, then SIGKILL. Returns their PIDs."""
+    folder, found = folder.resolve(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if Path(os.readlink(entry / "cwd")).is_relative_to(folder):
+                found.append(int(entry.name))
+        except OSError:  # gone already, or not ours to read
+            continue
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in found):
+        time.sleep(0.2)
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return found
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -104,9 +157,10 @@ def tiny_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
-    """A fresh git + DVC repo holding this pipeline, tiny data and tiny params; returns (repo, env)."""
-    return build_pipeline_repo(tmp_path / "repo")
+def pipeline_repo(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
+    """A fresh git + DVC repo holding this pipeline, tiny data and tiny params; yields (repo, env)."""
+    yield build_pipeline_repo(tmp_path / "repo")
+    end_processes_in(tmp_path)  # whatever the test left running there
 
 
 # The modules whose tests use trained_repo, in two groups. pytest-xdist runs each group on one worker, in order
@@ -115,7 +169,7 @@ def pipeline_repo(tmp_path: Path) -> tuple[Path, dict]:
 # let CI's two workers each take about half of the ~19 min these tests take in all.
 TRAINED_REPO_GROUPS = {"tests/test_lineage.py": "trained_repo", "tests/test_pipeline.py": "trained_repo",
                        "tests/test_serving.py": "trained_repo", "tests/test_team.py": "trained_repo_b",
-                       "tests/test_ui.py": "trained_repo_b"}
+                       "tests/test_ui.py": "trained_repo_b", "tests/test_predict.py": "trained_repo_b"}
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -131,7 +185,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 
 @pytest.fixture(scope="session")
-def trained_repo(tmp_path_factory) -> tuple[Path, dict]:
+def trained_repo(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
     """A pipeline repo after one `dvc repro`, shared by every test that starts from a trained pipeline (one
     tiny run costs about two minutes, mostly imports and export). A test may change params, but leaves the
     repo consistent: outputs match dvc.lock, the tree is committed. Its MLflow store keeps every test's runs,
@@ -139,7 +193,8 @@ def trained_repo(tmp_path_factory) -> tuple[Path, dict]:
     repo, env = build_pipeline_repo(tmp_path_factory.mktemp("trained") / "repo")
     first = run(["dvc", "repro"], repo, env)
     (repo.parent / "first_repro.txt").write_text(first.stdout + first.stderr)
-    return repo, env
+    yield repo, env
+    end_processes_in(repo.parent)  # whatever a test left running there (servers, queue workers)
 
 
 def clean_env() -> dict:

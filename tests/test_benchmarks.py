@@ -5,16 +5,14 @@ for shape and sense, not speed."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
-from tests.conftest import ROOT, clean_env
+from tests.conftest import ROOT, attempt, clean_env
 
 
 def script(name: str, *args: str, cwd=ROOT) -> str:
     env = clean_env() | {"PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=cwd, env=env,
-                            capture_output=True, text=True, timeout=600)
+    result = attempt([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=cwd, env=env, timeout=600)
     assert result.returncode == 0, f"{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -37,3 +35,12 @@ def test_train_throughput_prints_every_figure(tmp_path):
 def test_prepare_throughput_prints_files_per_second():
     out = script("prepare_throughput.py", "--images", "40", "--workers", "1")
     assert "workers=1 (fixed): 40 files in" in out and "files/s" in out, out
+
+
+def test_serve_memory_prints_every_worst_request_and_the_steady_load():
+    out = script("serve_memory.py", "--crop", "28", "--requests", "12", "--clients", "2", "--photo-mp", "1")
+    for line in ("camera photos of 1 MP", "5 RGBA PNGs of 40 MP", "256 small PNGs", "over the budget: refused",
+                 "steady load: 12 requests from 2 clients", "0 errors"):
+        assert line in out, f"missing {line!r} in:\n{out}"
+    assert out.count("HTTP 200") == 3 and "HTTP 400" in out, out
+    assert "traceback" not in out, out

@@ -3,7 +3,6 @@ a full disk, a broken params.yaml. Nothing half-written is left behind."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 from stages import prepare, tracking
 from stages.model import save_checkpoint
 from stages.params import load_params
-from tests.conftest import ROOT, clean_env, make_image_folder
+from tests.conftest import ROOT, attempt, clean_env, make_image_folder, run
 
 
 def test_damaged_store_is_named_with_the_way_out(tmp_path, monkeypatch):
@@ -29,10 +28,10 @@ def full_disk(tmp_path):
     """A 1 MiB tmpfs: real ENOSPC, not a mock."""
     mount = tmp_path / "small-disk"
     mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+    if attempt(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], tmp_path).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    run(["umount", str(mount)], tmp_path)
 
 
 def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, full_disk, monkeypatch):
@@ -56,8 +55,7 @@ def test_full_disk_never_leaves_a_truncated_model(full_disk):
 
 def test_broken_params_yaml_is_one_line_from_a_stage(tmp_path):
     (tmp_path / "params.yaml").write_text("model:\n  arch: resnet18\n train: [\n")
-    result = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, env=clean_env(),
-                            capture_output=True, text=True)
+    result = attempt([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, env=clean_env())
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "params.yaml is not valid YAML at line 3, column 2" in result.stderr
     assert Path(tmp_path).joinpath("data").exists() is False

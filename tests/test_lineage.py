@@ -4,19 +4,19 @@ model, data or card breaks a named link."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import digest, run, set_param
+from tests.conftest import attempt, digest, run, set_param
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
 
 def lineage(repo, env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "stages.lineage", "models/export"], cwd=repo, env=env,
-                          capture_output=True, text=True)
+    return attempt([sys.executable, "-m", "stages.lineage", "models/export"], cwd=repo, env=env)
 
 
 def test_same_inputs_same_bytes_and_lineage_catches_swaps(trained_repo):
@@ -51,7 +51,7 @@ def test_same_inputs_same_bytes_and_lineage_catches_swaps(trained_repo):
     # the same file made unreadable: the train stage names it, even from a DataLoader worker process
     split_file.write_bytes(b"no longer an image")
     set_param(repo, "train", "num_workers", 1)
-    stage = subprocess.run([sys.executable, "-m", "stages.train"], cwd=repo, env=env, capture_output=True, text=True)
+    stage = attempt([sys.executable, "-m", "stages.train"], cwd=repo, env=env)
     assert stage.returncode == 1
     assert f"cannot read {split_file.relative_to(repo)}" in stage.stderr and "Traceback" not in stage.stderr
     set_param(repo, "train", "num_workers", 0)
@@ -92,8 +92,7 @@ def test_dirty_tree_is_refused_before_any_work(trained_repo):
     set_param(repo, "export", "allow_dirty", False)
     (repo / "scratch.py").write_text("# uncommitted code\n")
     try:
-        failed = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=repo, env=env, capture_output=True,
-                                text=True)
+        failed = attempt([sys.executable, "-m", "stages.prepare"], cwd=repo, env=env)
     finally:
         (repo / "scratch.py").unlink()
         (repo / "params.yaml").write_text(params)
@@ -103,3 +102,80 @@ def test_dirty_tree_is_refused_before_any_work(trained_repo):
     assert "excluded) from" not in failed.stderr  # prepare's own log line: it never started reading
     assert digest(repo / "data/prepared/manifest.csv") == manifest
     assert lineage(repo, env).returncode == 0
+
+
+def commit(repo, env, message: str) -> None:
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", message, "--allow-empty"], repo, env)
+
+
+def test_an_export_only_rerun_keeps_lineage_true_and_changed_training_code_breaks_it(trained_repo):
+    """A commit that touches export code re-runs export alone: the card's commit is newer than the run's, and
+    lineage proves train's definition, code and params did not change between the two. Export re-run by hand on
+    a commit whose train code changed is caught."""
+    repo, env = trained_repo
+    commit(repo, env, "results")
+    card_code, train_code = repo / "stages/model_card.py", repo / "stages/train.py"
+    originals = card_code.read_text(), train_code.read_text()
+    try:
+        card_code.write_text(originals[0] + "\n# a comment\n")
+        commit(repo, env, "export code only")
+        rerun = run(["dvc", "repro"], repo, env)
+        assert "Running stage 'export'" in rerun.stdout and "Running stage 'train'" not in rerun.stdout
+        commit(repo, env, "export re-run")
+        card = json.loads((repo / "models/export/model_card.json").read_text())
+        assert card["git"]["train_commit"] != card["git"]["git_commit"]
+        good = lineage(repo, env)
+        assert good.returncode == 0 and "8/8 links verified" in good.stdout, good.stdout
+        assert "train's code unchanged at the card's commit" in good.stdout
+
+        train_code.write_text(originals[1] + "\n# changed\n")
+        card_code.write_text(originals[0] + "\n# another comment\n")
+        commit(repo, env, "train code too")
+        run(["dvc", "repro", "--single-item", "export"], repo, env)  # export alone, over a stale model
+        broken = lineage(repo, env)
+        assert broken.returncode == 1 and "train's code changed between them: stages/train.py" in broken.stdout
+    finally:
+        card_code.write_text(originals[0])
+        train_code.write_text(originals[1])
+        commit(repo, env, "back")
+        run(["dvc", "repro"], repo, env)  # train's code is as it was: its outputs are still valid
+        commit(repo, env, "results again")
+    assert lineage(repo, env).returncode == 0
+
+
+def test_a_deleted_run_breaks_lineage_and_stops_later_stages(trained_repo):
+    from mlflow.tracking import MlflowClient
+    repo, env = trained_repo
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    client.delete_run(run_id)  # what the UI's delete does
+    try:
+        broken = lineage(repo, env)
+        assert broken.returncode == 1 and f"run {run_id} is deleted" in broken.stdout
+        assert f"mlflow runs restore --run-id {run_id}" in broken.stdout
+        export = attempt([sys.executable, "-m", "stages.export"], repo, env)
+        assert export.returncode == 1 and "is deleted" in export.stderr and "Traceback" not in export.stderr
+    finally:
+        client.restore_run(run_id)
+    assert lineage(repo, env).returncode == 0
+
+
+def test_a_moved_repository_says_how_to_repair_its_store_and_then_verifies(trained_repo, tmp_path):
+    repo, env = trained_repo
+    first = tmp_path / "first"
+    shutil.copytree(repo, first, symlinks=True)
+    run([sys.executable, "-m", "stages.lineage", "--relocate-store"], first, env)  # a copy: point it at itself
+    moved = tmp_path / "moved"
+    first.rename(moved)  # now the store names a folder that no longer exists
+    broken = lineage(moved, env)
+    assert broken.returncode == 1 and "(moved or copied since): run `python -m stages.lineage --relocate-store`" \
+        in broken.stdout, broken.stdout
+    image = sorted((moved / "data/prepared/test").rglob("*.jpg"))[0]
+    version = json.loads((moved / "models/export/registry.json").read_text())["version"]
+    predicted = attempt([sys.executable, "-m", "stages.predict", f"models:/image-classifier/{version}", str(image)],
+                        moved, env)
+    assert predicted.returncode == 1 and "--relocate-store" in predicted.stderr and "Traceback" not in predicted.stderr
+    repaired = run([sys.executable, "-m", "stages.lineage", "--relocate-store"], moved, env)
+    assert "rewritten to" in repaired.stdout and "8/8 links verified" in repaired.stdout, repaired.stdout
+    run([sys.executable, "-m", "stages.predict", f"models:/image-classifier/{version}", str(image)], moved, env)

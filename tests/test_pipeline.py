@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
+import pickle
 import re
-import subprocess
 import sys
 
 import mlflow
@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import digest, run, set_param
+from tests.conftest import attempt, digest, run, set_param
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 STAGES = ["prepare", "pretrain", "train", "evaluate", "export"]
@@ -132,8 +132,7 @@ def test_param_change_reruns_downstream_and_each_run_is_one_version(trained_repo
         assert len(client.search_model_versions("name='image-classifier'")) == len(versions)
 
         set_param(repo, "export", "atol", 0.0)  # an export that fails after reopening the run...
-        failed = subprocess.run([sys.executable, "-m", "stages.export"], cwd=repo, env=env, capture_output=True,
-                                text=True)
+        failed = attempt([sys.executable, "-m", "stages.export"], cwd=repo, env=env)
         assert failed.returncode == 1 and "exported model disagrees" in failed.stderr
         assert "Traceback" not in failed.stderr
         assert client.get_run(new.info.run_id).info.status == "FINISHED"  # ...leaves the good run as it was
@@ -155,3 +154,54 @@ def test_temp_experiment_lands_in_the_repo_store(trained_repo):
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "evaluate")}
     assert "evaluate/confusion_matrix.png" in artifacts
     assert digest(repo / "models/model.pt") == workspace_model  # it ran in a temporary copy, not the workspace
+
+
+def test_no_param_can_point_an_output_outside_and_a_failed_stage_keeps_the_last_outputs(trained_repo, tmp_path):
+    """`export.out: ../victim` once made DVC delete ../victim before export ran: outputs are no params now, so the
+    key is refused and nothing outside is touched. A model.pt swapped for a pickle is refused in one line, and
+    the export it would have replaced stays whole (DVC keeps it: persist)."""
+    repo, env = trained_repo
+    victim = repo.parent / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me")
+    params = (repo / "params.yaml").read_text()
+    export = {p.name: digest(p) for p in (repo / "models/export").iterdir()}
+    try:
+        (repo / "params.yaml").write_text(params.replace("\nexport:\n", "\nexport:\n  out: ../victim\n"))
+        refused = attempt(["dvc", "repro"], repo, env)
+        assert refused.returncode != 0 and "unknown key(s) export.out" in refused.stdout + refused.stderr
+    finally:
+        (repo / "params.yaml").write_text(params)
+    assert (victim / "precious.txt").read_text() == "keep me"
+    assert {p.name: digest(p) for p in (repo / "models/export").iterdir()} == export
+
+    model = repo / "models/model.pt"
+    original = model.read_bytes()
+    try:
+        model.write_bytes(pickle.dumps({"state_dict": object()}))  # a pickle with a global: not plain tensors
+        failed = attempt(["dvc", "repro", "--force", "--single-item", "export"], repo, env)
+        assert failed.returncode != 0 and "models/model.pt is not a checkpoint of plain tensors" in failed.stderr
+        assert "Traceback" not in failed.stdout + failed.stderr
+    finally:
+        model.write_bytes(original)
+    assert {p.name: digest(p) for p in (repo / "models/export").iterdir()} == export  # the last export, whole
+    assert ran(run(["dvc", "repro"], repo, env).stdout) == []
+
+
+def test_a_damaged_store_stops_evaluate_before_it_writes_and_lineage_in_one_line(trained_repo, tmp_path):
+    repo, env = trained_repo
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not sqlite" * 100)
+    broken = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{damaged}"}
+    metrics = digest(repo / "metrics/evaluate.json")
+    evaluate = attempt([sys.executable, "-m", "stages.evaluate"], repo, broken)
+    assert evaluate.returncode == 1 and "damaged.db cannot be used" in evaluate.stderr
+    assert "Traceback" not in evaluate.stderr and digest(repo / "metrics/evaluate.json") == metrics
+    lineage = attempt([sys.executable, "-m", "stages.lineage"], repo, broken)
+    assert lineage.returncode == 1 and "damaged.db cannot be used" in lineage.stdout and "Traceback" not in \
+        lineage.stdout + lineage.stderr
+    image = next((repo / "data/prepared/test").rglob("*.jpg"))
+    predicted = attempt([sys.executable, "-m", "stages.predict", "models:/image-classifier/1", str(image)], repo,
+                        broken)
+    assert predicted.returncode == 1 and "damaged.db cannot be used" in predicted.stderr
+    assert "Traceback" not in predicted.stderr

@@ -8,12 +8,11 @@ fingerprints and every metric that moved, so the CI log says whether a failure i
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, clean_env, run
+from tests.conftest import ROOT, attempt, clean_env, run
 
 pytestmark = pytest.mark.reproduce
 
@@ -23,7 +22,6 @@ def test_clean_clone_reproduces_committed_reference(tmp_path):
     env = clean_env()
     run(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
     run(["dvc", "repro", "evaluate"], clone, env)  # every reference metric; export adds none (and ~90 s)
-    check = subprocess.run([sys.executable, "-m", "stages.reproduce"], cwd=clone, env=env, capture_output=True,
-                           text=True)
+    check = attempt([sys.executable, "-m", "stages.reproduce"], cwd=clone, env=env)
     print(check.stdout)
     assert check.returncode == 0, f"the committed reference did not reproduce:\n{check.stdout}\n{check.stderr}"

@@ -4,13 +4,12 @@ the same bits whatever vector instructions each library is allowed (an older or 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 import torch
 
 from stages.data import image_folder, make_loader, train_transform
-from tests.conftest import ROOT, clean_env
+from tests.conftest import ROOT, attempt, clean_env
 
 TINY_TRAINING = """
 import hashlib, json, sys, torch
@@ -33,8 +32,7 @@ OLDER_CPU = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX", "MKL
 
 
 def train_tiny(mode: str, caps: dict) -> dict:
-    result = subprocess.run([sys.executable, "-c", TINY_TRAINING, mode], cwd=ROOT, env=clean_env() | caps,
-                            capture_output=True, text=True)
+    result = attempt([sys.executable, "-c", TINY_TRAINING, mode], cwd=ROOT, env=clean_env() | caps)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -50,7 +48,7 @@ def test_pinned_training_is_the_same_bits_under_other_isa_caps():
 def test_pinning_after_tensor_work_is_refused():
     script = ("import torch; torch.ones(3) @ torch.ones(3); torch.randn(8, 8) @ torch.randn(8, 8)\n"
               "from stages import runtime\nruntime.pin(True, 2, torch.device('cpu'))")
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=clean_env(), capture_output=True, text=True)
+    result = attempt([sys.executable, "-c", script], cwd=ROOT, env=clean_env())
     assert result.returncode != 0 and "RuntimeNotPinned" in result.stderr
     assert "tensors were used before the runtime was pinned" in result.stderr
 

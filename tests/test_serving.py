@@ -6,17 +6,20 @@ from __future__ import annotations
 import base64
 import csv
 import http.client
+import io
 import json
 import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from urllib.error import HTTPError
 
 import pytest
+from PIL import Image, ImageDraw
 
-from tests.conftest import free_port, run, start_server
+from tests.conftest import attempt, free_port, run, start_server
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -105,14 +108,13 @@ def test_swapped_export_file_is_refused_before_loading(trained_repo, tmp_path):
     shutil.copytree(repo / "models/export", copy)
     (copy / "model.pt2").write_bytes((copy / "model.pt2").read_bytes() + b"payload")
     image = next((repo / "data/prepared/test").rglob("*.jpg"))
-    result = subprocess.run([sys.executable, "-m", "stages.predict", str(copy), str(image), "--runtime", "torch"],
-                            cwd=repo, env=env, capture_output=True, text=True)
+    result = attempt([sys.executable, "-m", "stages.predict", str(copy), str(image), "--runtime", "torch"],
+                            cwd=repo, env=env)
     assert result.returncode == 1 and "model.pt2 does not match its model card" in result.stderr
     assert "Traceback" not in result.stderr
     shutil.copy(repo / "models/export/model.pt2", copy / "model.pt2")
     (copy / "calibration.json").write_text(json.dumps({"temperature": 0.01}))  # would fake high confidence
-    result = subprocess.run([sys.executable, "-m", "stages.predict", str(copy), str(image)], cwd=repo, env=env,
-                            capture_output=True, text=True)
+    result = attempt([sys.executable, "-m", "stages.predict", str(copy), str(image)], cwd=repo, env=env)
     assert result.returncode == 1 and "calibration.json does not match its model card" in result.stderr
 
 
@@ -188,6 +190,91 @@ def test_hardened_server_reads_only_the_image_sent(trained_repo):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def sparse_png(side: int = 6000) -> bytes:
+    """A 1-bit PNG of a few KB that decodes to side x side pixels (36 MP at 6000)."""
+    image = Image.new("1", (side, side), 0)
+    ImageDraw.Draw(image).line((0, 0, side - 1, side - 1), fill=1, width=9)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """A process's resident memory now and its peak so far (VmRSS, VmHWM), MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
+
+
+def chunked_post(port: int, chunks: list[bytes]) -> tuple[int, dict]:
+    """A POST whose body is sent in chunks, declaring no length."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request("POST", "/invocations", body=iter(chunks), encode_chunked=True,
+                           headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"})
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    except (BrokenPipeError, ConnectionResetError):  # the server answered and closed before all was sent
+        response = connection.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        connection.close()
+
+
+def test_server_memory_is_bounded_per_request_and_errors_never_echo_it(trained_repo):
+    """Images that decode to tens of megapixels from a few KB: a request over the pixel budget is refused from the
+    headers, before anything is decoded; one within it is decoded an image at a time, shrunk as it is read, so
+    the server's peak memory stays near one image. Malformed requests get one line that quotes nothing of
+    them; bodies over the limit get 413 however they are framed; JSON too deep for a parser gets 400."""
+    repo, env = trained_repo
+    bomb = base64.b64encode(sparse_png()).decode()
+    port = free_port()
+    server = serve([sys.executable, "-m", "stages.serve", registered(repo), "--port", str(port),
+                    "--max-body-mb", "1"], repo, env, port)
+    try:
+        image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
+        assert post(port, frame([base64.b64encode(image.read_bytes()).decode()]))[0] == 200  # warm: all loaded
+        before = memory_mb(server.pid)
+        start = time.monotonic()
+        status, answer = post(port, frame([bomb] * 24))  # 143 KB of JSON, 864 MP decoded
+        assert status == 400 and "pixels together, over the 200,000,000 a request may hold" in answer["message"]
+        assert time.monotonic() - start < 10
+        assert memory_mb(server.pid)["VmHWM"] - before["VmHWM"] < 100, (before, memory_mb(server.pid))
+        status, answer = post(port, frame([bomb] * 5))  # 180 MP: within the budget, decoded one by one
+        assert status == 200 and len(answer["predictions"]) == 5, answer
+        after = memory_mb(server.pid)
+        assert after["VmHWM"] - before["VmHWM"] < 300, (before, after)  # one image's worth, not five (~1.8 GB)
+        assert after["VmRSS"] - before["VmRSS"] < 100, (before, after)  # and handed back after the request
+
+        for body, secret in [(b'{"dataframe_split": SECRET-TOKEN-123', "SECRET-TOKEN-123"),
+                             (json.dumps({"dataframe_split": {"columns": ["<script>alert(1)</script>"],
+                                                              "data": [["x"]]}}).encode(), "<script>"),
+                             (b"image\n<script>alert(1)</script>\n", "<script>")]:
+            status, answer = post(port, body, "text/csv" if body.startswith(b"image") else "application/json")
+            assert status == 400 and secret not in json.dumps(answer), answer
+            assert set(answer) == {"error_code", "message"} and "\n" not in answer["message"]
+        status, answer = chunked_post(port, [b'{"dataframe_split": {"columns": ["image"], "data": [["'] +
+                                      [b"A" * 65536] * 20 + [b'"]]}}'])
+        assert status == 413 and "over 1,048,576 bytes" in answer["message"], answer
+        status, answer = post(port, b"[" * 100_000 + b"]" * 100_000)
+        assert status == 400 and "nested deeper than 32 levels" in answer["message"], answer
+        assert post(port, frame([base64.b64encode(image.read_bytes()).decode()]))[0] == 200  # still serving
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    log = (repo.parent / f"server-{port}.log").read_text()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def test_serve_refuses_an_unknown_model_or_a_bad_limit_in_one_line(trained_repo):
+    repo, env = trained_repo
+    served = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
+    missing = attempt([sys.executable, "-m", "stages.serve", "models:/no-such-model/1"], repo, served, timeout=120)
+    assert missing.returncode == 1 and "cannot serve models:/no-such-model/1" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    negative = attempt([sys.executable, "-m", "stages.serve", registered(repo), "--max-body-mb", "-1"], repo, served)
+    assert negative.returncode == 2 and "-1 is not a size in MB between 0 and 1024" in negative.stderr
 
 
 def test_mlflow_models_serve_refuses_paths_without_stack_traces(trained_repo):

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import digest, free_port, run, start_server
+from tests.conftest import attempt, digest, end_processes_in, free_port, run, start_server
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -106,15 +106,19 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
     grid = {"lr-a": "0.03", "lr-b": "0.004"}  # none the workspace has run; two workers, one each
     for name, lr in grid.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"], repo, env)
-    run(["dvc", "queue", "start", "-j", "2"], repo, env)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo, env).stdout
-        if not any(state in status for state in ("Queued", "Running")):
-            break
-        time.sleep(3)
-    else:
-        raise AssertionError(f"the queue did not finish in 900 s:\n{status}")
+    try:
+        run(["dvc", "queue", "start", "-j", "2"], repo, env, timeout=120)  # its workers are daemons: see finally
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            status = run(["dvc", "queue", "status"], repo, env, timeout=120).stdout
+            if not any(state in status for state in ("Queued", "Running")):
+                break
+            time.sleep(3)
+        else:
+            raise AssertionError(f"the queue did not finish in 900 s:\n{status}")
+    finally:
+        attempt(["dvc", "queue", "stop"], repo, env, timeout=120)
+        end_processes_in(repo)  # the daemon and idle workers `dvc queue stop` leaves (setsid: found by cwd)
     assert status.count("Success") == len(grid), status
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
     experiments = {exp["name"]: exp for commit in shown for exp in (commit.get("experiments") or [])}
@@ -130,4 +134,3 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
         [found] = client.search_runs([experiment], filter_string=f"tags.`dvc.experiment` = '{name}'")
         assert found.info.status == "FINISHED" and found.data.params["train.lr"] == lr
         assert "val_accuracy" in found.data.metrics
-    run(["dvc", "queue", "stop"], repo, env)

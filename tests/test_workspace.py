@@ -13,7 +13,7 @@ import yaml
 
 from stages import layout
 from stages.workspace import OutsideWorkspace, StageBusy, check_outputs, one_stage_at_a_time
-from tests.conftest import ROOT, clean_env
+from tests.conftest import ROOT, attempt, clean_env, run
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def repo(tmp_path):
         shutil.copy(ROOT / name, root / name)
     for command in (["init", "-q"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"],
                     ["add", "-A"], ["commit", "-qm", "pipeline"]):
-        subprocess.run(["git", *command], cwd=root, check=True, capture_output=True, timeout=60)
+        run(["git", *command], root, timeout=60)
     (root / ".dvc").mkdir()
     return root
 
@@ -85,8 +85,7 @@ def test_a_stage_process_refuses_to_start_beside_a_running_one(repo):
     try:
         assert holder.stdout.readline().strip() == "holding"
         start = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "stages.prepare"], cwd=repo, capture_output=True, text=True,
-                                env={**clean_env(), "PYTHONPATH": str(ROOT)}, timeout=120)
+        result = attempt([sys.executable, "-m", "stages.prepare"], repo, clean_env(), timeout=120)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "stage train (pid" in result.stderr and "is running in this workspace" in result.stderr
         assert time.monotonic() - start < 60 and not (repo / "data" / "prepared").exists()
