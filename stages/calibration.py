@@ -70,14 +70,29 @@ def expected_calibration_error(rows: list[dict]) -> float:
     return sum(row["images"] / total * abs(row["accuracy"] - row["confidence"]) for row in rows if row["images"])
 
 
+def fallback_reason(fitted: float, val_logits: torch.Tensor, val_targets: torch.Tensor) -> str:
+    """Why a fitted T must not be used (empty when it may): a fit at the edge of the search range says the val
+    split is too small or too easy to calibrate on, and a T that does not lower the val NLL cannot help."""
+    if any(math.isclose(fitted, bound, rel_tol=1e-3) for bound in TEMPERATURE_RANGE):
+        return (f"the fit reached the edge of the search range (T = {fitted:.4g}): the val split is too small or "
+                "too easy to calibrate on")
+    scaled, raw = nll(val_logits, val_targets, fitted), nll(val_logits, val_targets, 1.0)
+    if not scaled < raw:
+        return f"T = {fitted:.4g} does not lower the val NLL ({raw:.4f} -> {scaled:.4f})"
+    return ""
+
+
 def calibrate(val_logits: torch.Tensor, val_targets: torch.Tensor, test_logits: torch.Tensor,
               test_targets: torch.Tensor, fit: bool) -> dict:
-    """Fit T on val (T = 1 when `fit` is off) and measure ECE and NLL on test before and after."""
-    temperature = fit_temperature(val_logits, val_targets) if fit else 1.0
+    """Fit T on val (T = 1 when `fit` is off, or when the fit cannot be trusted: `fallback_reason`) and measure
+    ECE and NLL on test before and after. Scaling never makes the exported probabilities worse on val."""
+    fitted = fit_temperature(val_logits, val_targets) if fit else 1.0
+    fallback = fallback_reason(fitted, val_logits, val_targets) if fit else ""
+    temperature = 1.0 if fallback else fitted
     before = reliability(test_logits, test_targets)
     after = reliability(test_logits, test_targets, temperature)
-    at_bound = any(math.isclose(temperature, bound, rel_tol=1e-3) for bound in TEMPERATURE_RANGE)
-    return {"temperature": temperature, "temperature_at_search_bound": at_bound, "val_images": len(val_targets),
+    return {"temperature": temperature, "temperature_fitted": fitted, "temperature_fallback": fallback,
+            "val_images": len(val_targets),
             "test_ece": expected_calibration_error(before), "test_ece_calibrated": expected_calibration_error(after),
             "test_nll": nll(test_logits, test_targets, 1.0), "test_nll_calibrated": nll(test_logits, test_targets,
                                                                                           temperature),

@@ -5,13 +5,15 @@ of the most frequent confusions; all of it as DVC metrics and plots and in the m
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from sklearn.metrics import confusion_matrix
 from torch import nn
 
-from stages import layout, runtime, tracking
+from stages import layout, mlflow_ui, runtime, tracking
 from stages.calibration import calibrate, reliability_figure
 from stages.cli import stage_main
 from stages.data import eval_crop, make_loader, split_folder, to_model_input
@@ -47,28 +49,30 @@ def run(params: Params) -> dict:
     metrics |= bootstrap_intervals(targets.numpy(), predicted.numpy(), len(class_names), cfg.bootstrap, cfg.seed)
     calibration = calibrate(*val_logits(params, checkpoint, model, device, memory), logits, targets,
                             cfg.temperature_scaling)
-    metrics |= {k: v for k, v in calibration.items() if k != "bins"}
-    metrics |= gaps(targets.numpy(), predicted.numpy(), class_names, cfg.gaps)
-    write_json(layout.EVALUATE_METRICS, metrics)
+    metrics |= {k: v for k, v in calibration.items() if k not in ("bins", "temperature_fallback")}
+    report = {"per_class": metrics.pop("per_class"), **gaps(targets.numpy(), predicted.numpy(), class_names, cfg.gaps),
+              "calibration": {"temperature_fallback": calibration["temperature_fallback"]}}
+    write_json(layout.EVALUATE_METRICS, metrics)  # headline figures: what `dvc exp show` compares
+    write_json(layout.EVALUATE_REPORT, report)  # the detail behind them
     write_confusion(layout.CONFUSION, test_set, targets, predicted, class_names)
     figures = write_reliability(calibration)
     figures += write_saliency(params, checkpoint, model, test_set, device, memory, targets, logits)
-    log_to_run(client, run_id, metrics, environment, targets.numpy(), predicted.numpy(), class_names, figures)
+    log_to_run(client, run_id, metrics, report, environment, targets.numpy(), predicted.numpy(), class_names,
+               figures)
     log.info("test accuracy %.4f (95%% CI %.4f-%.4f), macro F1 %.4f (%.4f-%.4f) on %d images",
              metrics["test_accuracy"], *metrics["test_accuracy_ci95"].values(), metrics["test_f1_macro"],
              *metrics["test_f1_macro_ci95"].values(), len(test_set))
-    log.info("calibration: T %.4f fitted on val; test ECE %.4f -> %.4f, NLL %.4f -> %.4f",
-             metrics["temperature"], metrics["test_ece"], metrics["test_ece_calibrated"], metrics["test_nll"],
-             metrics["test_nll_calibrated"])
+    log.info("calibration: T %.4f (fitted on val: %.4f); test ECE %.4f -> %.4f, NLL %.4f -> %.4f",
+             metrics["temperature"], metrics["temperature_fitted"], metrics["test_ece"],
+             metrics["test_ece_calibrated"], metrics["test_nll"], metrics["test_nll_calibrated"])
     if metrics["test_ece_calibrated"] > metrics["test_ece"]:
         log.warning("temperature scaling raised the test ECE (%.4f -> %.4f): T fitted on %d val images does not carry "
                     "over to the test split; more val images would help (prepare.val_fraction), or turn it off "
                     "(evaluate.temperature_scaling: false)", metrics["test_ece"], metrics["test_ece_calibrated"],
                     metrics["val_images"])
-    if metrics["temperature_at_search_bound"]:
-        log.warning("the fitted temperature %.4g lies at the edge of the search range: the val split may be too "
-                    "small or too easy to calibrate on", metrics["temperature"])
-    return metrics
+    if calibration["temperature_fallback"]:
+        log.warning("temperature scaling not used (T = 1 is exported): %s", calibration["temperature_fallback"])
+    return metrics | report
 
 
 def val_logits(params: Params, checkpoint: dict, model, device, memory) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,12 +125,13 @@ def write_confusion(path: str, dataset, targets: torch.Tensor, predicted: torch.
                for (file, _), actual, guess in zip(dataset.samples, targets.tolist(), predicted.tolist())])
 
 
-def log_to_run(client, run_id: str, metrics: dict, environment: dict, targets, predicted, class_names: list[str],
-               figures: list[Path]) -> None:
+def log_to_run(client, run_id: str, metrics: dict, report: dict, environment: dict, targets, predicted,
+               class_names: list[str], figures: list[Path]) -> None:
     """Add test metrics, the per-class report and gaps, the confusion matrix, the reliability diagram and the
-    Grad-CAM grids to the train stage's run, without changing its status. The pictures are files under
-    evaluate/ and also keyed images (confusion_matrix, reliability, saliency_01...), which the MLflow UI's
-    chart view shows side by side for the runs being compared."""
+    Grad-CAM grids to the train stage's run, without changing its status. The pictures are files at the run's
+    artifact root under names every run shares (confusion_matrix.png, reliability.png, saliency_01.png...: the
+    UI's Compare view shows the root files common to the runs), and keyed images under the same names, which
+    the chart view shows side by side."""
     import matplotlib
     matplotlib.use("Agg")
     from PIL import Image
@@ -136,20 +141,21 @@ def log_to_run(client, run_id: str, metrics: dict, environment: dict, targets, p
     values |= {f"{k}_{bound}": v[bound] for k, v in metrics.items() if k.endswith("_ci95") for bound in ("low", "high")}
     tracking.log_epoch_metrics(client, run_id, 0, values)
     tags = {f"env.evaluate.{key}": value for key, value in environment.items()}
-    tags["temperature_at_search_bound"] = metrics["temperature_at_search_bound"]
+    tags["temperature_fallback"] = report["calibration"]["temperature_fallback"]
     for key, value in tags.items():
         client.set_tag(run_id, key, "" if value is None else str(value))
     client.log_dict(run_id, metrics, "evaluate/metrics.json")
+    client.log_dict(run_id, report, "evaluate/report.json")
     matrix = confusion_matrix(targets, predicted, labels=list(range(len(class_names))))
     display = ConfusionMatrixDisplay(matrix, display_labels=class_names)
     display.plot(xticks_rotation=45, colorbar=False)
     display.figure_.tight_layout()
-    client.log_figure(run_id, display.figure_, "evaluate/confusion_matrix.png")
-    pictures = {"confusion_matrix": display.figure_}
-    for path in figures:
-        saliency = path.parent == Path(layout.SALIENCY)
-        client.log_artifact(run_id, str(path), "evaluate/saliency" if saliency else "evaluate")
-        pictures[f"saliency_{path.name[:2]}" if saliency else path.stem] = path
+    client.log_figure(run_id, display.figure_, "confusion_matrix.png")
+    pictures = {"confusion_matrix": display.figure_} | {mlflow_ui.picture_name(path)[:-4]: path for path in figures}
+    with tempfile.TemporaryDirectory() as scratch:
+        for path in figures:
+            shutil.copy(path, Path(scratch) / mlflow_ui.picture_name(path))
+            client.log_artifact(run_id, str(Path(scratch) / mlflow_ui.picture_name(path)))
     for key, picture in pictures.items():
         if isinstance(picture, Path):
             with Image.open(picture) as image:

@@ -3,6 +3,7 @@ a registered MLflow model version."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stages import layout, runtime, tracking
+from stages import layout, mlflow_ui, runtime, tracking
 from stages.cli import stage_main
 from stages.data import eval_crop, make_loader, split_folder, to_model_input
 from stages.exported import (
@@ -66,19 +67,23 @@ def run(params: Params) -> dict:
     for name, figures in parity.items():
         log.info("%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f", name,
                  figures["images"], figures["max_abs_diff"], figures["top1_agreement"])
-    log.info("%s %s version %s", "reused" if registered["reused"] else "registered", registered["name"],
-             registered["version"])
+    log.info("%s %s version %s: %s", "reused" if registered["reused"] else "registered", registered["name"],
+             registered["version"], mlflow_ui.version_link(tracking.tracking_uri(), registered["name"],
+                                                           registered["version"]))
     return {"parity": parity, "registered": registered}
 
 
 def calibration() -> dict:
-    """The temperature evaluate fitted on val, and the test ECE it was judged by (the model card shows both)."""
+    """The temperature evaluate chose (fitted on val, or 1 and why), and the test ECE it was judged by (the model
+    card shows both)."""
     found = json.loads(Path(layout.EVALUATE_METRICS).read_text())
-    missing = [k for k in ("temperature", "test_ece", "test_ece_calibrated") if k not in found]
+    missing = [k for k in ("temperature", "temperature_fitted", "test_ece", "test_ece_calibrated") if k not in found]
     if missing:
-        raise ValueError(f"{layout.EVALUATE_METRICS} has no {', '.join(missing)}: it predates calibration; "
+        raise ValueError(f"{layout.EVALUATE_METRICS} has no {', '.join(missing)}: it predates this export; "
                          "re-run `dvc repro evaluate`")
+    fallback = json.loads(Path(layout.EVALUATE_REPORT).read_text())["calibration"]["temperature_fallback"]
     return {"temperature": found["temperature"], "fitted_on": "val" if found.get("val_images") else "none",
+            "temperature_fitted": found["temperature_fitted"], "not_used_because": fallback,
             "probabilities": "softmax(logits / temperature)",
             "test_ece_uncalibrated": found["test_ece"], "test_ece_calibrated": found["test_ece_calibrated"],
             "test_nll_uncalibrated": found["test_nll"], "test_nll_calibrated": found["test_nll_calibrated"]}
@@ -121,11 +126,14 @@ def log_card(client, run_id: str, out: Path, parity: dict, card: dict, card_sha:
 
 
 def register(client, params: Params, out: Path, run_id: str, card: dict, card_sha: str) -> dict:
-    """A registered version for this export, created in one call with the tags that tie it to its card. The
-    same card exported again reuses its version; versions of this run left without a card are marked."""
+    """The export logged as an MLflow 3 model of the run (the runs table's Models column and the model page show
+    it, with the run's params and test metrics) and a registered version made from it, created in one call
+    with the tags that tie it to its card. The same card exported again reuses its version; versions of this
+    run left without a card are marked; a name that holds another model's classes is refused."""
     import mlflow
 
     name = params.export.registered_model
+    check_same_classes(client, name, card["model"]["class_names"])
     versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     for version in versions:
         if version.tags.get("model_card_sha256") == card_sha:
@@ -137,22 +145,38 @@ def register(client, params: Params, out: Path, run_id: str, card: dict, card_sh
             log.warning("%s version %s has no model card (an interrupted export): tagged incomplete", name,
                         version.version)
     example_file = next(p for p in sorted((Path(layout.PREPARED) / "test").rglob("*")) if p.is_file())
-    artifact_path = f"model-{card_sha[:12]}"
-    with tempfile.TemporaryDirectory() as scratch:
-        save_served_model(out, Path(scratch) / "model", example_file.read_bytes())
-        client.log_artifacts(run_id, str(Path(scratch) / "model"), artifact_path)
     tags = {"model_card_sha256": card_sha, "git_commit": card["git"]["git_commit"],
-            "onnx_sha256": card["model"]["files"][ONNX_FILE]}
-    version = mlflow.register_model(f"runs:/{run_id}/{artifact_path}", name, tags=tags)
-    return {"name": name, "version": str(version.version), "run_id": run_id, "reused": False}
+            "onnx_sha256": card["model"]["files"][ONNX_FILE], "classes_sha256": classes_hash(card),
+            "classes": ", ".join(card["model"]["class_names"])[:4000]}
+    logged = log_served_model(out, run_id, f"model-{card_sha[:12]}", example_file.read_bytes(), tags)
+    version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=tags)
+    return {"name": name, "version": str(version.version), "run_id": run_id, "model_id": logged.model_id,
+            "reused": False}
 
 
-def save_served_model(export_dir: Path, target: Path, example_image: bytes) -> None:
-    """The export as an MLflow pyfunc model at `target` (models-from-code: stages/served_model.py runs it, no
-    pickle), with its signature and an input example."""
+def classes_hash(card: dict) -> str:
+    return hashlib.sha256(json.dumps(card["model"]["class_names"]).encode()).hexdigest()
+
+
+def check_same_classes(client, name: str, class_names: list[str]) -> None:
+    """Refuse to file a model under a registered name whose versions predict other classes: two datasets must
+    not share one name (versions 1-3 a 3-class model, 4-5 a 10-class one)."""
+    wanted = hashlib.sha256(json.dumps(class_names).encode()).hexdigest()
+    for version in client.search_model_versions(f"name='{name}'", max_results=50, order_by=["version_number DESC"]):
+        found = version.tags.get("classes_sha256")
+        if found and found != wanted:
+            raise ValueError(f"export.registered_model = {name!r} holds versions of another model (version "
+                             f"{version.version}: {version.tags.get('classes', 'other classes')}), not one of "
+                             f"{', '.join(class_names)}: give each dataset its own name. Set "
+                             "export.registered_model (and train.experiment) in params.yaml, e.g. to your data "
+                             "folder's name")
+
+
+def served_model_args(export_dir: Path, scratch: Path, example_image: bytes) -> dict:
+    """What MLflow needs to save the export as a pyfunc model: models-from-code (stages/served_model.py runs it,
+    no pickle), the export's files as its artifact, its signature and an input example."""
     import shutil
 
-    import mlflow
     import pandas
     from mlflow.models import infer_signature
 
@@ -160,13 +184,28 @@ def save_served_model(export_dir: Path, target: Path, example_image: bytes) -> N
     example = pandas.DataFrame({"image": [example_image]})
     loaded = ImageClassifier()
     loaded.load(export_dir)
-    signature = infer_signature(example, loaded.predict(None, example))
+    staged = scratch / "export"  # the artifact's name in the model: not the partial folder's
+    shutil.copytree(export_dir, staged)
+    return {"python_model": str(Path(__file__).with_name("served_model.py")), "artifacts": {"export_dir": str(staged)},
+            "code_paths": [str(Path(__file__).parent)], "input_example": example,
+            "signature": infer_signature(example, loaded.predict(None, example))}
+
+
+def save_served_model(export_dir: Path, target: Path, example_image: bytes) -> None:
+    """The export as an MLflow pyfunc model in the folder `target`."""
+    import mlflow
     with tempfile.TemporaryDirectory() as scratch:
-        staged = Path(scratch) / "export"  # the artifact's name in the model: not the partial folder's
-        shutil.copytree(export_dir, staged)
-        mlflow.pyfunc.save_model(target, python_model=str(Path(__file__).with_name("served_model.py")),
-                                 artifacts={"export_dir": str(staged)}, code_paths=[str(Path(__file__).parent)],
-                                 signature=signature, input_example=example)
+        mlflow.pyfunc.save_model(target, **served_model_args(export_dir, Path(scratch), example_image))
+
+
+def log_served_model(export_dir: Path, run_id: str, name: str, example_image: bytes, tags: dict):
+    """The export as an MLflow 3 logged model of `run_id`: its own entity, linked to the run, carrying the run's
+    params and its metrics of step 0 (the test metrics evaluate logged)."""
+    import mlflow
+    from mlflow.models import Model
+    with tempfile.TemporaryDirectory() as scratch:
+        return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, tags=tags,
+                         **served_model_args(export_dir, Path(scratch), example_image))
 
 
 def main() -> None:

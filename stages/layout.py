@@ -12,6 +12,7 @@ FINGERPRINTS = "metrics/environment"  # one machine fingerprint per computing st
 PREPARED = "data/prepared"            # train/ val/ test/ ImageFolder trees, manifest.csv, excluded.csv
 MANIFEST = f"{PREPARED}/manifest.csv"  # every prepared image's split, class and SHA-256: what later stages read
 PREPARE_METRICS = "metrics/prepare.json"
+PREPARE_REPORT = "reports/prepare.json"      # counts per split and class, exclusions by kind, dropped classes
 
 PRETRAINED = "models/pretrained.pt"
 PRETRAIN_METRICS = "metrics/pretrain.json"
@@ -22,7 +23,8 @@ RUN = "models/run.json"               # the MLflow run the model belongs to
 HISTORY = "plots/train.csv"
 TRAIN_METRICS = "metrics/train.json"
 
-EVALUATE_METRICS = "metrics/evaluate.json"
+EVALUATE_METRICS = "metrics/evaluate.json"   # headline figures only: `dvc exp show` has a column for each
+EVALUATE_REPORT = "reports/evaluate.json"    # per class, weakest classes and pairs, calibration detail
 CONFUSION = "plots/confusion.csv"
 RELIABILITY = "plots/reliability"     # uncalibrated.csv, calibrated.csv and reliability.png
 SALIENCY = "plots/saliency"           # one Grad-CAM grid PNG per confused class pair
@@ -40,10 +42,11 @@ def fingerprint(stage: str) -> str:
 # (git ignores them); the second kind are small results committed to git (`cache: false`): the reference.
 CACHED = {"prepare": (PREPARED,), "pretrain": (PRETRAINED,), "train": (MODEL, CHECKPOINT), "evaluate": (),
           "export": (EXPORT,)}
-COMMITTED = {"prepare": (PREPARE_METRICS,),
+COMMITTED = {"prepare": (PREPARE_METRICS, PREPARE_REPORT),
              "pretrain": (fingerprint("pretrain"), PRETRAIN_METRICS),
              "train": (fingerprint("train"), RUN, HISTORY, TRAIN_METRICS),
-             "evaluate": (fingerprint("evaluate"), RELIABILITY, EVALUATE_METRICS, CONFUSION, SALIENCY),
+             "evaluate": (fingerprint("evaluate"), RELIABILITY, EVALUATE_REPORT, EVALUATE_METRICS, CONFUSION,
+                          SALIENCY),
              "export": ()}
 
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from stages import layout, provenance, tracking
+from stages import layout, mlflow_ui, provenance, tracking
 from stages.exported import CALIBRATION_FILE, EXPORT_FILES
 from stages.imagefolder import sha256_file
 from stages.params import Params
@@ -40,13 +40,14 @@ def saliency_grids() -> list[dict]:
     models/export, and in the MLflow run."""
     folder = Path(layout.SALIENCY)
     return [{"file": path.as_posix(), "from_card": Path(os.path.relpath(path, layout.EXPORT)).as_posix(),
-             "mlflow_artifact": f"evaluate/saliency/{path.name}", "sha256": sha256_file(path)}
+             "mlflow_artifact": mlflow_ui.picture_name(path), "sha256": sha256_file(path)}
             for path in sorted(folder.glob("*.png"))]
 
 
 def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict, git: dict, out: Path,
                environment: dict) -> dict:
     evaluation = json.loads(Path(layout.EVALUATE_METRICS).read_text())
+    report = json.loads(Path(layout.EVALUATE_REPORT).read_text())
     calibration = json.loads((out / CALIBRATION_FILE).read_text())
     return {
         "model": {"arch": checkpoint["arch"], "class_names": checkpoint["class_names"],
@@ -59,10 +60,10 @@ def model_card(params: Params, checkpoint: dict, parity: dict, registered: dict,
         "weights_provenance": checkpoint["provenance"],
         "params": checkpoint["params"],
         "params_sha256": provenance.params_hash(checkpoint["params"]),
-        "metrics": {k: v for k, v in evaluation.items() if k not in ("per_class", *GAPS)},
+        "metrics": evaluation,
         "environment": environments(environment),
-        "per_class": evaluation["per_class"],
-        "gaps": {key: evaluation[key] for key in GAPS},
+        "per_class": report["per_class"],
+        "gaps": {key: report[key] for key in GAPS},
         "calibration": calibration,
         "saliency": saliency_grids(),
         "parity": parity,
@@ -132,8 +133,11 @@ def gaps_markdown(card: dict) -> list[str]:
 
 def calibration_markdown(calibration: dict) -> list[str]:
     scaled = calibration["fitted_on"] != "none"
+    fallback = calibration.get("not_used_because")
     return ["", "## Calibration", "",
-            (f"Temperature scaling, fitted on the val split: T = {calibration['temperature']:.4f}. The exported "
+            (f"Temperature scaling: the T fitted on the val split ({calibration['temperature_fitted']:.4f}) is not "
+             f"used, because {fallback}; T = 1 is exported: probabilities are softmax(logits)." if fallback else
+             f"Temperature scaling, fitted on the val split: T = {calibration['temperature']:.4f}. The exported "
              "model's logits are unchanged; its probabilities (predict, serving) are softmax(logits / T)."
              if scaled else "Temperature scaling is off (`evaluate.temperature_scaling: false`): probabilities "
              "are softmax(logits)."), "",

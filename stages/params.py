@@ -16,6 +16,11 @@ from stages import layout
 from stages.architectures import ARCHITECTURES
 
 ARCHS = tuple(ARCHITECTURES)
+# Params that change how fast or where a stage runs, not what it computes: a killed train resumes across them,
+# and a run is compared with a reference made with other values of them.
+DOES_NOT_CHANGE_RESULTS = ("train.checkpoint_every", "train.num_workers", "train.distributed.timeout",
+                           "train.distributed.master_addr", "train.distributed.master_port", "prepare.workers",
+                           "tracking.timeout", "export.allow_dirty")
 
 
 def choice(*allowed: str):

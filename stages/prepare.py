@@ -68,11 +68,13 @@ def run(params: Params) -> dict:
         write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=order)))
         write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(excluded), spreadsheet=True)
     metrics = summarize(kept, excluded, len(candidates) + len(skipped))
-    metrics["dropped_classes"] = dropped_classes
-    write_json(layout.PREPARE_METRICS, metrics)
+    report = {"counts": metrics.pop("counts"), "excluded_by_kind": metrics.pop("excluded_by_kind"),
+              "dropped_classes": dropped_classes}
+    write_json(layout.PREPARE_METRICS, metrics)  # headline counts: what `dvc exp show` compares
+    write_json(layout.PREPARE_REPORT, report)
     log.info("prepared %d images (%d excluded) from %s in %.1f s", metrics["included"], metrics["excluded"],
              " and ".join(str(f) for f in folders.values()), time.perf_counter() - start)
-    return metrics
+    return metrics | report
 
 
 def select(decoded: list[dict], classes: dict[str, list[str]], cfg: PrepareParams

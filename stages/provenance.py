@@ -28,9 +28,12 @@ def flatten(data: dict, prefix: str = "") -> dict:
 def dvc_lock_hashes(root: Path | None = None) -> dict:
     """{stage: {path: md5}} for every dep and out in this copy's dvc.lock (empty before the first run)."""
     lock = (root or Path.cwd()) / "dvc.lock"
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    return lock_hashes(lock.read_text() if lock.is_file() else None)
+
+
+def lock_hashes(text: str | None) -> dict:
+    """{stage: {path: md5}} for every dep and out of a dvc.lock's text (empty for none)."""
+    stages = (yaml.safe_load(text or "") or {}).get("stages", {})
     return {name: {entry["path"]: entry.get("md5", "") for kind in ("deps", "outs")
                    for entry in stage.get(kind, [])}
             for name, stage in stages.items()}

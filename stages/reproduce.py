@@ -28,6 +28,7 @@ import yaml
 from stages import layout
 from stages.params import Params, load_params, parse_params, read_yaml
 from stages.provenance import flatten  # {'a': {'b': 1}} -> {'a.b': 1}, as `dvc metrics diff` names keys
+from stages.reference import adopt_command, differences, lock_at
 
 FINGERPRINTED = ("pretrain", "train", "evaluate")
 HEADLINE = ("test_accuracy", "test_f1_macro")  # gated by the reference's interval in band mode
@@ -46,7 +47,7 @@ class Row:
 
 def is_integrity(file: str, key: str) -> bool:
     """Counts and sizes that no rounding can move: data in, images seen, test support."""
-    if file == layout.PREPARE_METRICS:
+    if file in (layout.PREPARE_METRICS, layout.PREPARE_REPORT):
         return True
     if key.startswith(GAPS):  # which classes are listed there moves with the scores
         return False
@@ -106,15 +107,11 @@ def decide_mode(old_env: dict[str, dict], new_env: dict[str, dict]) -> tuple[boo
     return not reasons, reasons
 
 
-def report(rows: list[Row], exact: bool, reasons: list[str], old_env: dict, new_env: dict,
-           changed_params: list[str] | None = None) -> tuple[bool, str]:
-    """(reproduced, the text a person reads in the CI log): fingerprints, changed params, every metric that
-    changed or gates, the mode and why, and one verdict line."""
+def report(rows: list[Row], exact: bool, reasons: list[str], old_env: dict, new_env: dict) -> tuple[bool, str]:
+    """(reproduced, the text a person reads in the CI log): fingerprints, every metric that changed or gates,
+    the mode and why, and one verdict line."""
     failed = [r for r in rows if not r.ok]
     lines = []
-    if changed_params:
-        lines += ["Params differ from the reference's (a changed input, not a reproduction):"]
-        lines += [f"  {change}" for change in changed_params] + [""]
     lines.append("Fingerprints, reference -> this run:")
     for stage in FINGERPRINTED:
         before, after = old_env.get(stage, {}), new_env.get(stage, {})
@@ -164,7 +161,9 @@ def at_rev(rev: str, path: str) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
-METRIC_FILES = (layout.PREPARE_METRICS, layout.PRETRAIN_METRICS, layout.TRAIN_METRICS, layout.EVALUATE_METRICS)
+# The metrics and the reports behind them: in exact mode every value must be the same.
+METRIC_FILES = (layout.PREPARE_METRICS, layout.PREPARE_REPORT, layout.PRETRAIN_METRICS, layout.TRAIN_METRICS,
+                layout.EVALUATE_METRICS, layout.EVALUATE_REPORT)
 
 
 def reference_params_at(rev: str, current: Params) -> Params:
@@ -177,9 +176,19 @@ def reference_params_at(rev: str, current: Params) -> Params:
 
 
 def check(rev: str) -> tuple[bool, str]:
-    """Compare the workspace's metrics and fingerprints with those committed at `rev`."""
+    """Compare the workspace's metrics and fingerprints with those committed at `rev`, when the reference there
+    was made from the same data and params; otherwise say what differs and how to adopt these results."""
     params = load_params()
     reference_params = reference_params_at(rev, params)
+    differ = differences(reference_params, lock_at(rev), params, lock_at(None))
+    if differ:
+        return True, "\n".join([
+            f"The reference committed at {rev} was made from other inputs than these results, so they are not "
+            "compared (a new dataset or an experiment is not a failed reproduction):",
+            *(f"  {line}" for line in differ), "",
+            "To make these results the reference (after `dvc repro`), commit them with their fingerprints:",
+            f"  {adopt_command(params)}", "",
+            f"VERDICT not compared: the reference at {rev} belongs to other data or params"])
     old = {f: read_json(at_rev(rev, f)) for f in METRIC_FILES}
     new = {f: read_json(Path(f).read_text()) if Path(f).is_file() else {} for f in METRIC_FILES}
     old_env = {s: read_json(at_rev(rev, layout.fingerprint(s))) or None for s in FINGERPRINTED}
@@ -189,10 +198,10 @@ def check(rev: str) -> tuple[bool, str]:
     new_env = {k: v for k, v in new_env.items() if v}
     exact, reasons = decide_mode(old_env, new_env)
     sweep = seed_spread(reference_params)
-    before, after = flatten(reference_params.as_dict()), flatten(params.as_dict())
-    changed = [f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in sorted(set(before) | set(after))
-               if before.get(k) != after.get(k)]
-    return report(compare_metrics(old, new, exact, sweep), exact, reasons, old_env, new_env, changed)
+    ok, text = report(compare_metrics(old, new, exact, sweep), exact, reasons, old_env, new_env)
+    fallback = new.get(layout.EVALUATE_REPORT, {}).get("calibration", {}).get("temperature_fallback")
+    note = f"calibration: the fitted temperature is not used (T = 1 exported): {fallback}\n" if fallback else ""
+    return ok, note + text
 
 
 def seed_spread(reference_params: Params) -> dict | None:

@@ -18,6 +18,7 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from stages import mlflow_ui
 from stages.store_location import StoreMoved, check_not_moved
 
 log = logging.getLogger("tracking")
@@ -127,7 +128,8 @@ def open_store(uri: str, timeout_s: float = 15, create: bool = False) -> MlflowC
     return client
 
 
-EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}  # the UI opens on runs, not GenAI traces
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",  # a model-training experiment
+                   **mlflow_ui.VIEW_TAG}  # the runs table with the headline figures as columns (stages.mlflow_ui)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -145,12 +147,12 @@ def experiment_id(client: MlflowClient, name: str) -> str:
                                  f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or "
                                  "choose another name")
             if experiment:
-                for key, value in EXPERIMENT_KIND.items():
+                for key, value in EXPERIMENT_TAGS.items():
                     if key not in experiment.tags:
                         client.set_experiment_tag(experiment.experiment_id, key, value)
                 return experiment.experiment_id
             try:
-                return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+                return client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise

@@ -17,14 +17,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from stages import distributed, layout, provenance, runtime, tracking
+from stages import distributed, layout, mlflow_ui, provenance, runtime, tracking
 from stages.cli import stage_main
 from stages.data import DecodedImages, eval_crop, make_loader, preprocessing_spec, split_folder, train_transform
 from stages.features import FeatureViews, backbone_features, head_of
 from stages.imagefolder import sha256_file
 from stages.model import build_model, freeze_backbone, load_backbone, load_checkpoint, save_checkpoint
 from stages.outputs import write_csv, write_json
-from stages.params import Params
+from stages.params import DOES_NOT_CHANGE_RESULTS, Params
 from stages.repository import git_state
 from stages.train_state import TrainState, load_state, save_state
 from stages.training import EarlyStopping, Recipe, fit, seed_everything
@@ -74,6 +74,11 @@ def train(params: Params, world: distributed.World, device: torch.device) -> dic
         environment = runtime.write_fingerprint("train", device, params.runtime.reproducible)
         run_id = (continue_run(client, resume) if resume else
                   start_run(client, params, pretrained["provenance"], environment).info.run_id)
+        experiment = client.get_run(run_id).info.experiment_id
+        uri = tracking.tracking_uri()
+        log.info("MLflow: this run %s; every run of %s, with their test figures, %s%s",
+                 mlflow_ui.run_link(uri, experiment, run_id), params.train.experiment,
+                 mlflow_ui.runs_link(uri, experiment), mlflow_ui.opened_by(uri))
     status = tracking.run_status(client, run_id) if world.main else nullcontext()
     with status, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -159,11 +164,6 @@ def cached_feature_loaders(model, train_set, val_set, params: Params, device, wo
                         world.size))
 
 
-# Params that change how fast training runs, not what it computes: a resumed run may differ in them.
-NOT_IN_RESULT = ("train.checkpoint_every", "train.num_workers", "train.distributed.timeout",
-                 "train.distributed.master_addr", "train.distributed.master_port")
-
-
 def resume_key(params: Params) -> dict:
     """What a checkpoint must have been made from to be resumed: the params `train` reads, the prepared data
     (manifest.csv hashes every image), the starting weights and the code."""
@@ -171,7 +171,7 @@ def resume_key(params: Params) -> dict:
     code = hashlib.sha256()
     for path in sorted(Path(__file__).parent.glob("*.py")):
         code.update(path.name.encode() + b"\0" + path.read_bytes())
-    return {"params": {k: v for k, v in provenance.flatten(sections).items() if k not in NOT_IN_RESULT},
+    return {"params": {k: v for k, v in provenance.flatten(sections).items() if k not in DOES_NOT_CHANGE_RESULTS},
             "data": sha256_file(layout.MANIFEST), "weights": sha256_file(layout.PRETRAINED), "code": code.hexdigest()}
 
 

@@ -216,7 +216,9 @@ def build_pipeline_repo(repo: Path) -> tuple[Path, dict]:
     env = clean_env()
     for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
                     ["git", "config", "user.name", "test"], ["dvc", "init", "-q"],
-                    ["dvc", "config", "core.analytics", "false"], ["git", "add", "-A"],
+                    ["dvc", "config", "core.analytics", "false"],
+                    ["cp", str(ROOT / ".dvc" / "plots_offline.html"), ".dvc/"],
+                    ["dvc", "config", "plots.html_template", "plots_offline.html"], ["git", "add", "-A"],
                     ["git", "commit", "-qm", "tiny pipeline"]):
         run(command, repo, env)
     return repo, env

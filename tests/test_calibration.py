@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from stages.calibration import calibrate, expected_calibration_error, fit_temperature, reliability
+from stages.calibration import (TEMPERATURE_RANGE, calibrate, expected_calibration_error, fallback_reason,
+                                fit_temperature, reliability)
 from stages.metrics import gaps
 
 
@@ -30,13 +31,19 @@ def test_fit_recovers_the_temperature_that_generated_the_labels(true_temperature
     if true_temperature != 1.0:
         assert result["test_ece"] > 2 * result["test_ece_calibrated"]
         assert result["test_nll_calibrated"] < result["test_nll"]
-    assert not result["temperature_at_search_bound"]
+    assert result["temperature_fallback"] == "" and result["temperature"] == result["temperature_fitted"]
 
 
-def test_scaling_never_changes_the_predicted_class():
-    logits, labels = sampled(3.0)
+def test_a_fit_that_cannot_be_trusted_falls_back_to_one_and_says_why():
+    """Val logits that are right and sure every time: the NLL falls as T shrinks, so the fit runs into the edge
+    of the search range. Exporting that T would call every prediction certain; T = 1 is exported instead."""
+    labels = torch.arange(40) % 4
+    logits = torch.nn.functional.one_hot(labels, 4).double() * 5.0
     result = calibrate(logits, labels, logits, labels, fit=True)
-    assert (torch.softmax(logits / result["temperature"], 1).argmax(1) == logits.argmax(1)).all()
+    assert result["temperature_fitted"] == pytest.approx(TEMPERATURE_RANGE[0], rel=1e-3)
+    assert result["temperature"] == 1.0 and "edge of the search range" in result["temperature_fallback"]
+    assert result["test_nll_calibrated"] == result["test_nll"]  # nothing scaled
+    assert fallback_reason(2.0, logits, labels).startswith("T = 2 does not lower the val NLL")
 
 
 def test_off_means_temperature_one_and_no_val_needed():

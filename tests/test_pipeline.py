@@ -38,8 +38,10 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == ["excluded.csv", "manifest.csv",
                                                                          "test", "train", "val"]
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    report = json.loads((repo / "reports/evaluate.json").read_text())
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0 and 0.0 <= evaluation["test_f1_macro"] <= 1.0
-    assert evaluation["test_images"] == 9 and set(evaluation["per_class"]) == {"blue", "green", "red"}
+    assert evaluation["test_images"] == 9 and set(report["per_class"]) == {"blue", "green", "red"}
+    assert not {"per_class", "lowest_recall", "confused_pairs"} & set(evaluation)  # detail is no metric
     low, high = evaluation["test_accuracy_ci95"].values()
     assert low <= evaluation["test_accuracy"] <= high
     card = json.loads((repo / "models/export/model_card.json").read_text())
@@ -52,22 +54,22 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     history = (repo / "plots/train.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss") and len(history) == 3  # header + 2 epochs
     shown = run(["dvc", "metrics", "show", "--json"], repo, env).stdout
-    assert "test_accuracy" in shown and "test_ece_calibrated" in shown and "lowest_recall" in shown
+    assert "test_accuracy" in shown and "test_ece_calibrated" in shown and "lowest_recall" not in shown
 
     # calibration, gaps and saliency: in the metrics, as DVC plots, in the card and in the MLflow run
     assert evaluation["temperature"] > 0 and 0 <= evaluation["test_ece_calibrated"] <= 1
-    assert sum(r["support"] for r in evaluation["lowest_recall"].values()) <= 9
+    assert sum(r["support"] for r in report["lowest_recall"].values()) <= 9
     wrong = round((1 - evaluation["test_accuracy"]) * 9)
-    assert sum(p["count"] for p in evaluation["confused_pairs"].values()) <= wrong
+    assert sum(p["count"] for p in report["confused_pairs"].values()) <= wrong
     for name in ("uncalibrated.csv", "calibrated.csv", "reliability.png"):
         assert (repo / "plots/reliability" / name).stat().st_size > 0, name
     grids = sorted(p.name for p in (repo / "plots/saliency").iterdir())
     assert grids and all(name.endswith(".png") for name in grids)
-    assert len(grids) == (min(len(evaluation["confused_pairs"]), 6) or 1)
+    assert len(grids) == (min(len(report["confused_pairs"]), 6) or 1)
     calibration = json.loads((repo / "models/export/calibration.json").read_text())
     assert calibration["temperature"] == evaluation["temperature"] == card["calibration"]["temperature"]
     assert card["calibration"]["test_ece_uncalibrated"] == evaluation["test_ece"]
-    assert card["gaps"]["lowest_recall"] == evaluation["lowest_recall"]
+    assert card["gaps"]["lowest_recall"] == report["lowest_recall"]
     assert [grid["file"] for grid in card["saliency"]] == [f"plots/saliency/{name}" for name in grids]
     markdown = (repo / "models/export/model_card.md").read_text()
     assert "## Where it falls short" in markdown and "## Calibration" in markdown
@@ -75,9 +77,10 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
     logged = {a.path for a in client.list_artifacts(run_id, "evaluate")}
-    assert {"evaluate/confusion_matrix.png", "evaluate/reliability.png", "evaluate/saliency"} <= logged
-    assert sorted(a.path for a in client.list_artifacts(run_id, "evaluate/saliency")) == [
-        f"evaluate/saliency/{name}" for name in grids]
+    assert {"evaluate/metrics.json", "evaluate/report.json"} <= logged
+    pictures = {a.path for a in client.list_artifacts(run_id)}  # at the root, named alike in every run
+    assert {"confusion_matrix.png", "reliability.png", *(f"saliency_{name[:2]}.png" for name in grids)} <= pictures
+    assert [grid["mlflow_artifact"] for grid in card["saliency"]] == [f"saliency_{name[:2]}.png" for name in grids]
     assert client.get_run(run_id).data.metrics["test_ece_calibrated"] == evaluation["test_ece_calibrated"]
 
     again = run(["dvc", "repro"], repo, env)
@@ -151,8 +154,8 @@ def test_temp_experiment_lands_in_the_repo_store(trained_repo):
     [found] = [r for r in runs_of(client).values() if r.data.tags.get("dvc.experiment") == "lr-7e-4"]
     assert found.data.params["train.lr"] == "0.0007" and found.info.run_name.startswith("train-lr-7e-4-")
     assert "test_accuracy" in found.data.metrics
-    artifacts = {a.path for a in client.list_artifacts(found.info.run_id, "evaluate")}
-    assert "evaluate/confusion_matrix.png" in artifacts
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert "confusion_matrix.png" in artifacts
     assert digest(repo / "models/model.pt") == workspace_model  # it ran in a temporary copy, not the workspace
 
 

@@ -10,9 +10,9 @@ REFERENCE = {
     layout.TRAIN_METRICS: {"best_epoch": 20, "best_val_accuracy": 0.75},
     layout.EVALUATE_METRICS: {"test_accuracy": 0.80, "test_f1_macro": 0.79, "test_images": 2400,
                               "test_accuracy_ci95": {"low": 0.785, "high": 0.815},
-                              "test_f1_macro_ci95": {"low": 0.774, "high": 0.806},
-                              "per_class": {"coat": {"recall": 0.7, "support": 600.0}},
-                              "lowest_recall": {"coat": {"rank": 1, "recall": 0.7, "correct": 420, "support": 600}}}}
+                              "test_f1_macro_ci95": {"low": 0.774, "high": 0.806}},
+    layout.EVALUATE_REPORT: {"per_class": {"coat": {"recall": 0.7, "support": 600.0}},
+                             "lowest_recall": {"coat": {"rank": 1, "recall": 0.7, "correct": 420, "support": 600}}}}
 
 
 def changed(**edits) -> dict:
@@ -20,7 +20,7 @@ def changed(**edits) -> dict:
     metrics = {f: {k: dict(v) if isinstance(v, dict) else v for k, v in m.items()} for f, m in REFERENCE.items()}
     for name, value in edits.items():
         file = {"prepare": layout.PREPARE_METRICS, "train": layout.TRAIN_METRICS,
-                "evaluate": layout.EVALUATE_METRICS}[name.split("__")[0]]
+                "evaluate": layout.EVALUATE_METRICS, "report": layout.EVALUATE_REPORT}[name.split("__")[0]]
         node = metrics[file]
         *path, last = name.split("__")[1:]
         for part in path:
@@ -48,7 +48,7 @@ def test_other_runtime_gates_integrity_exactly_and_headline_by_interval():
     gpu = PINNED | {"pinned": False, "device": "cuda", "gpu": "NVIDIA H200"}
     weakest = {"shirt": {"rank": 1, "recall": 0.68, "correct": 408, "support": 600}}  # another class comes last
     ok, text = verdict(changed(train__best_epoch=12, evaluate__test_accuracy=0.79,
-                               evaluate__per_class__coat__recall=0.6, evaluate__lowest_recall=weakest), gpu)
+                               report__per_class__coat__recall=0.6, report__lowest_recall=weakest), gpu)
     assert ok and "MODE band" in text and "device 'cpu' -> 'cuda'" in text and "reproduced within" in text
     ok, text = verdict(changed(evaluate__test_accuracy=0.77), gpu)
     assert not ok and "metrics/evaluate.json:test_accuracy" in text and "band [0.7850, 0.8150]" in text

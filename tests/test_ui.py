@@ -1,11 +1,13 @@
 """What a person sees, checked in a real browser (headless Chromium from Debian, driven by Playwright): the MLflow
-UI comparing two runs that differ in train.lr, and the page `dvc plots show` writes. Screenshots are saved
-under $UI_SCREENSHOTS (default: this test's temporary folder) so a person can look at them too."""
+UI as a new user first opens it and through the link `train` prints, comparing two runs that differ in train.lr,
+and the page `dvc plots show` writes, with the network shut. Screenshots are saved under $UI_SCREENSHOTS
+(default: this test's temporary folder) so a person can look at them too."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +22,6 @@ from tests.conftest import free_port, run, start_server
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.slow]  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
-CDN = "https://cdn.jsdelivr.net/npm/"  # where the page `dvc plots show` writes loads Vega from
 # MLflow 3.17 opens its chat panel beside every page on a first visit; keep it shut so screenshots show the page
 KEEP_ASSISTANT_CLOSED = """window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
                            window.localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"""
@@ -81,6 +82,57 @@ def metric_values(page, name: str) -> list[str] | None:
     }""", name)
 
 
+def printed_link(output: str) -> str:
+    """The experiment's runs link the train stage printed."""
+    return re.search(r"(http://\S+viewStateShareKey=\S+)", output).group(1)
+
+
+def test_a_new_user_reaches_the_runs_table_with_its_headline_figures(trained_repo, browser, shots):
+    """From the UI's home page in a fresh browser, the experiment's own link opens MLflow 3.17's GenAI overview
+    (its switch defaults to GenAI per browser: mlflow/mlflow#24498); the link `train` prints opens the runs
+    table with the test figures and the logged model as columns, and so does the home page's link once the
+    user has chosen "Model training" in that browser."""
+    repo, env = trained_repo
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    metrics = client.get_run(run_id).data.metrics
+    port = free_port()
+    server = mlflow_server(repo, env, port)
+    try:
+        context = browser.new_context(viewport={"width": 1600, "height": 1000})  # a fresh profile: nothing stored
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_role("link", name="image-classifier").first.click()
+        page.wait_for_url("**/experiments/**")
+        page.wait_for_timeout(2000)
+        page.screenshot(path=shots / "0_experiment_as_first_opened.png")
+        first_seen = urllib.parse.unquote(page.url)
+        assert "workflowType=genai" in first_seen and "/overview" in first_seen  # MLflow's default, not ours
+
+        link = printed_link((repo.parent / "first_repro.txt").read_text()).replace("127.0.0.1:5000",
+                                                                                  f"127.0.0.1:{port}")
+        page.goto(link)
+        table = page.locator(".ag-root")
+        table.locator(".ag-row").first.wait_for()
+        page.wait_for_timeout(1000)
+        headers = table.locator(".ag-header-cell-text").all_inner_texts()
+        assert {"Models", "test_accuracy", "test_f1_macro", "test_ece_calibrated", "train.lr"} <= set(headers), headers
+        row = table.locator(".ag-row").filter(has_text=client.get_run(run_id).info.run_name).first
+        assert f"{metrics['test_accuracy']:.4f}"[:5] in row.inner_text()  # the figure, shown in its column
+        assert "model-" in row.inner_text()  # the logged model, in the Models column
+        page.screenshot(path=shots / "1_runs_through_the_printed_link.png")
+
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.get_by_text("Model training").first.click()  # the switch, once: the browser keeps it
+        page.get_by_role("link", name="image-classifier").first.click()
+        page.wait_for_url("**/runs**")
+        assert "workflowType=machine_learning" in page.url
+        context.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_version(trained_repo, browser, shots):
     repo, env = trained_repo
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
@@ -135,6 +187,16 @@ def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_ver
         page.wait_for_timeout(500)
         page.screenshot(path=shots / "3_compare_metrics.png")
 
+        # the compare view's artifacts: the pictures both runs hold, side by side
+        page.get_by_text("confusion_matrix.png", exact=True).first.scroll_into_view_if_needed()
+        page.get_by_text("confusion_matrix.png", exact=True).first.click()
+        pictures = page.locator("img[src*='confusion_matrix.png']")
+        pictures.nth(1).wait_for()
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
+        assert pictures.count() == 2 and all(loaded_images(pictures)), loaded_images(pictures)
+        pictures.first.scroll_into_view_if_needed()
+        page.screenshot(path=shots / "3b_compare_pictures.png")
+
         # the chart view of the same two runs: per-epoch curves, then the pictures evaluate logged
         search = urllib.parse.quote(f"attributes.run_id IN ('{first}', '{second}')")
         page.goto(f"{base}/runs?workflowType=machine_learning&compareRunsMode=CHART&searchFilter={search}")
@@ -170,27 +232,23 @@ def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_ver
         server.wait(timeout=30)
 
 
-def test_dvc_plots_page_renders_every_plot(trained_repo, browser, shots, tmp_path):
-    """`dvc plots show` writes one HTML page. Its charts load Vega from jsdelivr, which this machine cannot
-    reach, so the browser gets the same libraries from vl-convert's offline bundle instead; every chart is then
-    drawn by the page's own code."""
-    import vl_convert
-
+def test_dvc_plots_page_draws_every_plot_with_the_network_shut(trained_repo, browser, shots, tmp_path):
+    """`dvc plots show` writes one HTML page from the repository's template (.dvc/plots_offline.html), which
+    carries Vega, Vega-Lite and Vega-Embed itself: with every network request refused, every chart is drawn by
+    the page's own code and every picture loads from beside it."""
     repo, env = trained_repo
     out = tmp_path / "dvc_plots"
     run(["dvc", "plots", "show", "-o", str(out)], repo, env)
     html = (out / "index.html").read_text()
-    bundle = vl_convert.javascript_bundle()
+    assert "cdn.jsdelivr.net" not in html
     requested = []
 
-    def serve_vega(route):
+    def refuse(route):
         requested.append(route.request.url)
-        body = bundle if "/vega@" in route.request.url else ""  # the bundle holds vega, vega-lite, vega-embed
-        route.fulfill(status=200, content_type="application/javascript", body=body)
+        route.abort()
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.route(f"{CDN}**", serve_vega)
-    page.route(lambda url: not url.startswith(("file://", CDN)), lambda route: route.abort())  # nothing else
+    page.route(lambda url: not url.startswith("file://"), refuse)  # no network at all
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto((out / "index.html").as_uri())
@@ -206,6 +264,6 @@ def test_dvc_plots_page_renders_every_plot(trained_repo, browser, shots, tmp_pat
     assert any(s.endswith("reliability.png") for s in sources)
     assert len([s for s in sources if "saliency" in s]) == len(grids) >= 1
     assert all(loaded_images(images)), f"an image of the plots page did not load: {sources}"
-    assert len(requested) == 3 and not errors, (requested, errors)
-    page.screenshot(path=shots / "7_dvc_plots.png", full_page=True)
+    assert requested == [] and not errors, (requested, errors)
+    page.screenshot(path=shots / "7_dvc_plots_offline.png", full_page=True)
     page.close()

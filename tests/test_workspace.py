@@ -85,7 +85,8 @@ def test_a_stage_process_refuses_to_start_beside_a_running_one(repo):
     try:
         assert holder.stdout.readline().strip() == "holding"
         start = time.monotonic()
-        result = attempt([sys.executable, "-m", "stages.prepare"], repo, clean_env(), timeout=120)
+        result = attempt([sys.executable, "-m", "stages.prepare"], repo, clean_env() | {"PYTHONPATH": str(ROOT)},
+                         timeout=120)
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "stage train (pid" in result.stderr and "is running in this workspace" in result.stderr
         assert time.monotonic() - start < 60 and not (repo / "data" / "prepared").exists()
