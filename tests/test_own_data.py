@@ -83,8 +83,8 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     run(["dvc", "plots", "show"], repo, env)
     page = (repo / "dvc_plots" / "index.html").read_text()
     assert "cdn.jsdelivr.net" not in page and "window.vegaEmbed" in page  # drawn offline
-    new = repo / "data" / "new_photos"
-    photos(new, {"bark": 2, "gravel": 2}, seed=9)
+    new = tmp_path / "new_photos"  # outside the repository, as the README has it: untracked data there would
+    photos(new, {"bark": 2, "gravel": 2}, seed=9)  # (rightly) stop the next run until committed
     run([sys.executable, "-m", "stages.predict", "models/export", str(new)], repo, env)
     assert (repo / "predictions.csv").read_text().count("\n") == 5
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=60)
