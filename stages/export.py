@@ -203,6 +203,8 @@ def log_served_model(export_dir: Path, run_id: str, name: str, example_image: by
     params and its metrics of step 0 (the test metrics evaluate logged)."""
     import mlflow
     from mlflow.models import Model
+    # MLflow files a logged model under the process's current experiment, not its run's: make it the run's
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     with tempfile.TemporaryDirectory() as scratch:
         return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, tags=tags,
                          **served_model_args(export_dir, Path(scratch), example_image))
