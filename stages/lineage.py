@@ -19,6 +19,7 @@ from stages.imagefolder import sha256_file
 from stages.model_card import dvc_hashes
 from stages.params import parse_params, read_yaml
 
+
 def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
     """[(link, holds, detail)] from the model file down to the MLflow registry."""
     card_path = export_dir / "model_card.json"

@@ -67,7 +67,8 @@ def run(params: Params) -> dict:
         excluded = sorted(skipped + bad + left_out, key=order)
         write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=order)))
         write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(excluded), spreadsheet=True)
-    metrics = summarize(kept, excluded, len(candidates) + len(skipped))
+    # `data` names the folder: every row of `dvc exp show` says which data its metrics came from
+    metrics = {"data": cfg.data, **summarize(kept, excluded, len(candidates) + len(skipped))}
     report = {"counts": metrics.pop("counts"), "excluded_by_kind": metrics.pop("excluded_by_kind"),
               "dropped_classes": dropped_classes}
     write_json(layout.PREPARE_METRICS, metrics)  # headline counts: what `dvc exp show` compares

@@ -7,8 +7,14 @@ import math
 import pytest
 import torch
 
-from stages.calibration import (TEMPERATURE_RANGE, calibrate, expected_calibration_error, fallback_reason,
-                                fit_temperature, reliability)
+from stages.calibration import (
+    TEMPERATURE_RANGE,
+    calibrate,
+    expected_calibration_error,
+    fallback_reason,
+    fit_temperature,
+    reliability,
+)
 from stages.metrics import gaps
 
 

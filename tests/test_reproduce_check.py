@@ -1,7 +1,12 @@
 """The CI check's verdicts on metrics it is handed: exact on the same pinned runtime, banded elsewhere."""
 
+import yaml
+
 from stages import layout
+from stages.params import load_params
+from stages.reference import adopt_command, differences
 from stages.reproduce import compare_metrics, decide_mode, report
+from tests.conftest import ROOT
 
 PINNED = {"pinned": True, "device": "cpu", "kernel_isa": "DEFAULT", "blas": "MKL COMPATIBLE", "threads": 2,
           "torch": "2.14.1", "torchvision": "0.29.1", "machine": "x86_64", "cpu": "AMD EPYC", "cpu_isa": "AVX2"}
@@ -69,3 +74,24 @@ def test_other_thread_count_is_not_exact():
     stages = ("pretrain", "train", "evaluate")
     exact, reasons = decide_mode(dict.fromkeys(stages, PINNED), dict.fromkeys(stages, PINNED | {"threads": 4}))
     assert not exact and reasons[0] == "pretrain: threads 2 -> 4"
+
+
+def lock(**md5s: str) -> str:
+    """A dvc.lock's text with prepare's input hashes (folder name -> md5)."""
+    return yaml.safe_dump({"stages": {"prepare": {"deps": [{"path": f"data/{name.replace('_', '/')}", "md5": md5}
+                                                           for name, md5 in md5s.items()]}}})
+
+
+def test_a_reference_of_other_data_or_params_is_named_and_not_compared():
+    sample = load_params(ROOT / "params.yaml")
+    reference = lock(sample_target="a.dir", sample_test="b.dir")
+    assert differences(sample, reference, sample, reference) == []
+    other_data = differences(sample, reference, sample, lock(sample_target="c.dir", sample_test="b.dir"))
+    assert other_data == ["other data: prepare.data data/sample/target (a.dir) -> data/sample/target (c.dir)"]
+    mine = load_params(ROOT / "params.yaml", overrides={"prepare": {"data": "data/mine"}, "train": {
+        "lr": 0.001, "num_workers": 0, "experiment": "mine"}})  # workers and names change no metric
+    lines = differences(sample, reference, mine, lock(mine="d.dir", sample_test="b.dir"))
+    assert lines == ["other data: prepare.data data/sample/target (a.dir) -> data/mine (d.dir)",
+                     "other params (2): prepare.data 'data/sample/target' -> 'data/mine'; train.lr 0.01 -> 0.001"]
+    assert adopt_command(mine) == ("git add dvc.lock metrics models/run.json params.yaml plots reports && "
+                                   "git commit -m 'reference results for mine'")

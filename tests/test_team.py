@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import attempt, digest, end_processes_in, free_port, run, start_server
+from tests.conftest import ROOT, attempt, digest, end_processes_in, free_port, run, start_server
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -128,6 +128,11 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
         params = revision["data"]["params"]["params.yaml"]["data"]
         assert str(params["train"]["lr"]) == lr
         assert "best_val_accuracy" in revision["data"]["metrics"]["metrics/train.json"]["data"]
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("dvc exp show "))
+    table = run(["bash", "-c", command.split("  #")[0] + " --no-pager"], repo, env | {"COLUMNS": "400"}).stdout
+    assert all(name in table for name in grid) and "test_accuracy" in table and "train.lr" in table, table
+    assert max(len(line.rstrip()) for line in table.splitlines()) <= 200, table  # the README's line fits
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("image-classifier").experiment_id
     for name, lr in grid.items():
