@@ -6,7 +6,7 @@ Usage: python benchmarks/epoch_times.py [--sizes 64 112 224] [--images 256] [--a
 
 The images are decoded uint8 pictures in memory (decoding adds ~1-3 ms an image on a CPU, next to tens of ms
 for the model at 112 px and up), cropped and flipped by the pipeline's own transform, in batches of 32, through
-the pipeline's own training step (stages.training.train_one_epoch)."""
+the pipeline's own training step (imgcls.engine.loop.train_one_epoch)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from stages import runtime
-from stages.data import train_transform
-from stages.model import build_model, freeze_backbone
-from stages.training import make_optimizer, make_scheduler, predict, train_one_epoch
+from imgcls.data.transforms import train_transform
+from imgcls.engine import runtime
+from imgcls.engine.loop import collect_logits, train_one_epoch
+from imgcls.engine.recipe import make_optimizer, make_scheduler
+from imgcls.model.networks import build_model, freeze_backbone
 
 
 class Pictures(Dataset):
@@ -46,7 +47,7 @@ def seconds_per_epoch(arch: str, crop: int, images: int, frozen: bool) -> float:
     if frozen:  # what cached features cost: one forward pass per image, then the head (~free) each epoch
         freeze_backbone(model, arch)
         start = time.perf_counter()
-        predict(model, DataLoader(dataset, batch_size=32), torch.device("cpu"))
+        collect_logits(model, DataLoader(dataset, batch_size=32), torch.device("cpu"))
         return (time.perf_counter() - start) / images * 1000
     optimizer = make_optimizer(model, "adamw", 1e-3, 0.05, 0.9)
     scheduler = make_scheduler(optimizer, 0, 2 * len(loader))

@@ -1,4 +1,4 @@
-"""Benchmark: stages.predict throughput (images/s) with each runtime on the prepared test split.
+"""Benchmark: `python -m imgcls predict` throughput (images/s) with each runtime on the prepared test split.
 
 Usage: python benchmarks/predict_throughput.py [--export models/export] [--repeat 10] [--batch-size 64]
 Needs a finished `dvc repro`. Repeats the test images to get a few thousand predictions per runtime.
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from stages.exported import RUNTIMES
-from stages.predict import predict
+from imgcls.export.formats import RUNTIMES
+from imgcls.serving.predict import predict
 
 
 def main() -> None:

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imgcls.config.params import load_params
 from stages import prepare
-from stages.params import load_params
+from stages.entry import build_context
 
 
 def make_photos(root: Path, count: int) -> None:
@@ -46,7 +47,7 @@ def main() -> None:
                 "data": str(data), "test_data": str(data), "test_fraction": 0.1, "image_size": args.image_size,
                 "workers": workers}})
             start = time.perf_counter()
-            metrics = prepare.run(params)
+            metrics = prepare.run(build_context("prepare", params, computes=False))
             seconds = time.perf_counter() - start
             print(f"workers={workers or os.cpu_count()} ({'all cores' if workers == 0 else 'fixed'}): "
                   f"{metrics['input_files']} files in {seconds:.1f} s = {metrics['input_files'] / seconds:.0f} files/s "

@@ -46,7 +46,7 @@ def scratch_copy(folder: Path, reproducible: bool, epochs_scale: float) -> None:
     shutil.copytree(ROOT / "data" / "sample", folder / "data" / "sample")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["runtime"]["reproducible"] = reproducible
-    params["export"]["allow_dirty"] = True  # the scratch copy is no git repository
+    params["runtime"]["allow_dirty"] = True  # the scratch copy is no git repository
     for section in ("pretrain", "train"):
         params[section]["epochs"] = max(1, round(params[section]["epochs"] * epochs_scale))
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

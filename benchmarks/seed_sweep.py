@@ -5,7 +5,7 @@ this repository, then train and evaluate for each variant:
 - `pretrained`: params.yaml as it is (the backbone pretrained on data/sample/source, head trained);
 - `scratch`: a random init trained whole, at the learning rate that suits training from scratch.
 It prints one JSON row per run and a summary (mean, standard deviation, range), and writes them to --out.
-`python -m stages.reproduce` widens its band for headline metrics with this spread.
+`python -m imgcls reproduce` widens its band for headline metrics with this spread.
 
 Usage: python benchmarks/seed_sweep.py [--seeds 42 1 2 3] [--out benchmarks/seed_sweep.json]
 (about 5 minutes a seed on 2 cores, in reproducible mode).
@@ -31,7 +31,7 @@ VARIANTS = {"pretrained": {}, "scratch": {"pretrain.source": "none", "train.free
 
 def write_params(folder: Path, overrides: dict) -> None:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["export"]["allow_dirty"] = True  # the scratch copy is no git repository
+    params["runtime"]["allow_dirty"] = True  # the scratch copy is no git repository
     for key, value in overrides.items():
         section, name = key.split(".")
         params[section][name] = value
@@ -93,8 +93,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         rows = [row for seed in args.seeds for row in run_seed(Path(scratch), seed)]
-    from stages.params import load_params
-    from stages.provenance import params_hash
+    from imgcls.config.params import load_params
+    from imgcls.provenance.inputs import params_hash
     result = {"params_sha256": params_hash(load_params(ROOT / "params.yaml").as_dict()), "variants": VARIANTS,
               "runs": rows, "summary": summarize(rows)}
     args.out.write_text(json.dumps(result, indent=2) + "\n")

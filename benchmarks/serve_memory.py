@@ -4,7 +4,7 @@ clients. Prints figures; asserts nothing.
 Usage: python benchmarks/serve_memory.py [--crop 224] [--requests 400] [--clients 4] [--photo-mp 12]
 
 It builds a ResNet-18 export (random weights, the files the export stage writes, checked by their card), saves
-it as the same MLflow pyfunc model the export stage registers, serves it with `python -m stages.serve` and
+it as the same MLflow pyfunc model the export stage registers, serves it with `python -m imgcls serve` and
 reads the server process's memory from /proc: VmRSS (now) and VmHWM (peak, reset before each request by
 writing 5 to /proc/<pid>/clear_refs). Images are made here: camera-size JPEG photos cut from the photos
 scikit-learn ships, and PNGs of a few KB that decode to tens of megapixels."""
@@ -28,8 +28,8 @@ from urllib.error import HTTPError, URLError
 import torch
 from PIL import Image, ImageDraw
 
-from stages.data import preprocessing_spec
-from stages.exported import (
+from imgcls.data.transforms import preprocessing_spec
+from imgcls.export.formats import (
     CALIBRATION_FILE,
     CARD_FILE,
     EXPORT_FILES,
@@ -38,9 +38,9 @@ from stages.exported import (
     export_onnx,
     export_program,
 )
-from stages.imagefolder import sha256_file
-from stages.model import build_model
-from stages.serving import MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_PIXELS
+from imgcls.files import sha256_file
+from imgcls.model.networks import build_model
+from imgcls.serving.model import MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_PIXELS
 
 
 def make_export(folder: Path, crop: int) -> None:
@@ -101,7 +101,7 @@ def memory(pid: int) -> dict[str, float]:
 
 def start(model: Path, port: int, log: Path, max_body_mb: float) -> subprocess.Popen:
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "stages.serve", str(model), "--port", str(port),
+        server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(model), "--port", str(port),
                                    "--max-body-mb", str(max_body_mb)], cwd=log.parent, stdout=out,
                                   stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
@@ -164,7 +164,7 @@ def main() -> None:
     parser.add_argument("--photo-mp", type=float, default=12.0, help="camera photo size in megapixels")
     parser.add_argument("--max-body-mb", type=float, default=16.0, help="the server's body limit (its default)")
     args = parser.parse_args()
-    from stages.export import save_served_model
+    from imgcls.provenance.registry import save_served_model
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export"
         make_export(export, args.crop)
@@ -176,7 +176,7 @@ def main() -> None:
         try:
             post(port, frame([photo(0.1875, 0)]))
             idle = memory(server.pid)["VmRSS"]
-            print(f"ResNet-18 at {args.crop} px, served by stages.serve (body limit {args.max_body_mb:g} MB, "
+            print(f"ResNet-18 at {args.crop} px, served by python -m imgcls serve (body limit {args.max_body_mb:g} MB, "
                   f"{MAX_REQUEST_PIXELS / 1e6:.0f} MP a request, {MAX_PIXELS / 1e6:.0f} MP an image); server RSS "
                   f"after one request: {idle:.0f} MiB")
             for name, images in worst_requests(args):

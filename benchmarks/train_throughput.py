@@ -31,12 +31,15 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision import datasets, transforms
 from torchvision.models import get_model
 
-from stages import runtime
-from stages.data import DecodedImages, image_folder, make_loader, read_image, train_transform, worker_count
-from stages.features import FeatureViews, backbone_features, head_of
-from stages.imagefolder import resize_short_side, save_prepared
-from stages.model import freeze_backbone
-from stages.training import make_optimizer, make_scheduler, seed_everything, train_one_epoch
+from imgcls.data.datasets import DecodedImages, image_folder, read_image
+from imgcls.data.images import resize_short_side, save_prepared
+from imgcls.data.loaders import make_loader, worker_count
+from imgcls.data.transforms import train_transform
+from imgcls.engine import runtime
+from imgcls.engine.loop import train_one_epoch
+from imgcls.engine.recipe import make_optimizer, make_scheduler, seed_everything
+from imgcls.model.features import FeatureViews, backbone_features, head_of
+from imgcls.model.networks import freeze_backbone
 
 PACKAGE_PHOTOS = {"sklearn": ["datasets/images/china.jpg", "datasets/images/flower.jpg"],
                   "matplotlib": ["mpl-data/sample_data/grace_hopper.jpg"],

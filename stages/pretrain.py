@@ -7,24 +7,26 @@ import time
 
 from torch import nn
 
-from stages import layout, runtime
-from stages.cli import stage_main
-from stages.data import image_folder, make_loader, train_transform
-from stages.imagefolder import sha256_file
-from stages.model import build_model, save_checkpoint
-from stages.outputs import write_json
-from stages.params import Params
-from stages.training import Recipe, fit, seed_everything
-from stages.weights import load_file, load_imagenet
+from imgcls.config import layout
+from imgcls.data.datasets import image_folder
+from imgcls.data.loaders import make_loader
+from imgcls.data.transforms import train_transform
+from imgcls.engine.loop import fit
+from imgcls.engine.recipe import Recipe, seed_everything
+from imgcls.files import sha256_file, write_json
+from imgcls.model.checkpoints import save_checkpoint
+from imgcls.model.networks import build_model
+from imgcls.model.weights import load_file, load_imagenet
+from stages.entry import StageContext, stage_main
 
 log = logging.getLogger("pretrain")
 
 
-def run(params: Params) -> dict:
+def run(context: StageContext) -> dict:
     """Resolve or train the starting weights, save them with their provenance; returns metrics."""
-    cfg, arch, start = params.pretrain, params.model.arch, time.perf_counter()
-    device = runtime.resolve_device(params.train.device)
-    runtime.write_fingerprint("pretrain", device, params.runtime.reproducible)
+    params, start = context.params, time.perf_counter()
+    cfg, arch = params.pretrain, params.model.arch
+    context.write_fingerprint()
     seed_everything(cfg.seed)
     metrics: dict = {}
     if cfg.source == "imagenet":
@@ -32,7 +34,7 @@ def run(params: Params) -> dict:
     elif cfg.source == "file":
         model, provenance = load_file(cfg.file, arch, cfg.sha256)
     elif cfg.source == "dataset":
-        model, metrics, provenance = pretrain_on_dataset(params, device)
+        model, metrics, provenance = pretrain_on_dataset(context)
     else:
         model = build_model(arch, 1000)
         provenance = {"source": "none", "origin": f"random init, torch.manual_seed({cfg.seed})"}
@@ -43,13 +45,13 @@ def run(params: Params) -> dict:
     return {**metrics, "provenance": provenance}
 
 
-def pretrain_on_dataset(params: Params, device) -> tuple[nn.Module, dict, dict]:
+def pretrain_on_dataset(context: StageContext) -> tuple[nn.Module, dict, dict]:
     """Train `model.arch` from scratch on the source ImageFolder `pretrain.data` (the last epoch is kept)."""
+    params, device, memory = context.params, context.device, context.memory_format
     cfg = params.pretrain
-    dataset = image_folder(cfg.data, train_transform(cfg.image_size, params.train.crop_scale_min, True))
-    loader = make_loader(dataset, cfg.batch_size, shuffle=True, num_workers=params.train.num_workers,
+    dataset = image_folder(cfg.data, train_transform(cfg.crop_size, cfg.crop_scale_min, True))
+    loader = make_loader(dataset, cfg.batch_size, shuffle=True, num_workers=params.runtime.num_workers,
                          seed=cfg.seed)
-    memory = runtime.memory_format(params.runtime.channels_last)
     model = build_model(params.model.arch, len(dataset.classes)).to(device, memory_format=memory)
     recipe = Recipe(optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.0, warmup_epochs=1,
                     epochs=cfg.epochs, label_smoothing=0.0, monitor=None, patience=cfg.epochs,

@@ -43,8 +43,9 @@ def tiny_params(data: str, source: str) -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["prepare"].update(data=data, test_data=data, image_size=16, min_per_class=5, val_fraction=0.2,
                              test_fraction=0.25)
-    params["pretrain"].update(data=source, image_size=16, epochs=1, batch_size=16)
-    params["train"].update(crop_size=16, epochs=2, batch_size=16, num_workers=0, patience=2, warmup_epochs=0)
+    params["pretrain"].update(data=source, crop_size=16, epochs=1, batch_size=16)
+    params["train"].update(crop_size=16, epochs=2, batch_size=16, patience=2, warmup_epochs=0)
+    params["runtime"].update(num_workers=0)
     params["evaluate"].update(batch_size=32)
     return params
 
@@ -208,7 +209,8 @@ def build_pipeline_repo(repo: Path) -> tuple[Path, dict]:
     repo.mkdir(parents=True)
     for name in ("dvc.yaml", "pyproject.toml"):
         shutil.copy(ROOT / name, repo / name)
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "imgcls"):
+        shutil.copytree(ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
     make_image_folder(repo / "data" / "target", {"red": 12, "green": 12, "blue": 12}, seed=1)
     make_image_folder(repo / "data" / "source", {"a": 8, "b": 8}, seed=2)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params("data/target", "data/source"), sort_keys=False))

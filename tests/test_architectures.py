@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.architectures import ARCHITECTURES
-from stages.model import build_model, freeze_backbone, head_classes, load_backbone
+from imgcls.model.architectures import ARCHITECTURES
+from imgcls.model.networks import build_model, freeze_backbone, head_classes, load_backbone
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))

@@ -14,10 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
+from imgcls.config.params import load_params
+from imgcls.data.datasets import UnreadableImageError, split_folder
+from imgcls.data.loaders import make_loader
+from imgcls.data.transforms import eval_transform, preprocessing_spec
 from stages import prepare
-from stages.cli import worker_message
-from stages.data import UnreadableImageError, eval_transform, make_loader, preprocessing_spec, split_folder
-from stages.params import load_params
+from stages.entry import build_context, worker_message
 from tests.conftest import ROOT, make_image_folder
 
 
@@ -98,7 +100,7 @@ def messy(tmp_path):
 
 def test_every_bad_file_is_reported_and_nothing_is_lost(tmp_path, messy):
     before = snapshot(messy)
-    metrics = prepare.run(params_for(tmp_path, messy))
+    metrics = prepare.run(build_context("prepare", params_for(tmp_path, messy), computes=False))
     kinds = excluded_kinds(tmp_path)
     assert kinds == {
         "cats/empty.jpg": "empty_file", "cats/page.jpg": "not_image", "cats/noise.png": "not_image",
@@ -113,19 +115,19 @@ def test_every_bad_file_is_reported_and_nothing_is_lost(tmp_path, messy):
     assert metrics["excluded_by_kind"]["hidden_file"] == 4
     assert snapshot(messy) == before
     first = (tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(), (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
-    prepare.run(params_for(tmp_path, messy))
+    prepare.run(build_context("prepare", params_for(tmp_path, messy), computes=False))
     assert ((tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(),
             (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()) == first
 
 
 def test_on_bad_file_fail_lists_them_and_leaves_input_and_output_untouched(tmp_path, messy):
     before = snapshot(messy)
-    prepare.run(params_for(tmp_path, messy))
+    prepare.run(build_context("prepare", params_for(tmp_path, messy), computes=False))
     prepared = snapshot(tmp_path / "data" / "prepared")
     with pytest.raises(ValueError, match=r"(?s)6 unusable image\(s\).*cats/bomb.png: decompression bomb.*"
                                          r"cats/empty.jpg: empty file.*cats/truncated.jpg: corrupt.*"
                                          r"on_bad_file: skip.*data/prepared is unchanged"):
-        prepare.run(params_for(tmp_path, messy, on_bad_file="fail"))
+        prepare.run(build_context("prepare", params_for(tmp_path, messy, on_bad_file="fail"), computes=False))
     assert snapshot(messy) == before
     assert snapshot(tmp_path / "data" / "prepared") == prepared  # the last good output, whole
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["prepared"]  # nothing half-written beside it
@@ -155,7 +157,7 @@ def test_unusual_valid_images_become_upright_rgb(tmp_path):
     }
     for name, data in files.items():
         (root / "a" / name).write_bytes(data)
-    prepare.run(params_for(tmp_path, root))
+    prepare.run(build_context("prepare", params_for(tmp_path, root), computes=False))
     assert excluded_kinds(tmp_path) == {}
     rows = manifest(tmp_path)
     for name in files:
@@ -169,8 +171,8 @@ def test_class_folders_empty_small_or_hidden(tmp_path):
     root = make_image_folder(tmp_path / "classes", {"big": 8, "other": 8, "small": 2}, size=20)
     (root / "empty").mkdir()
     with pytest.raises(ValueError, match=r"min_per_class=4.*'empty': 0, 'small': 2.*small_classes: drop"):
-        prepare.run(params_for(tmp_path, root))
-    metrics = prepare.run(params_for(tmp_path, root, small_classes="drop"))
+        prepare.run(build_context("prepare", params_for(tmp_path, root), computes=False))
+    metrics = prepare.run(build_context("prepare", params_for(tmp_path, root, small_classes="drop"), computes=False))
     assert metrics["dropped_classes"] == {"empty": 0, "small": 2}
     assert set(metrics["counts"]["train"]) == {"big", "other"}
     assert list(excluded_kinds(tmp_path).values()) == ["small_class", "small_class"]
@@ -180,12 +182,12 @@ def test_duplicates_and_label_conflicts(tmp_path):
     root = make_image_folder(tmp_path / "dups", {"a": 6, "b": 6}, size=20)
     (root / "a" / "again.png").write_bytes((root / "a" / "img001.png").read_bytes())
     (root / "b" / "clash.png").write_bytes((root / "a" / "img002.png").read_bytes())
-    prepare.run(params_for(tmp_path, root))
+    prepare.run(build_context("prepare", params_for(tmp_path, root), computes=False))
     kinds = excluded_kinds(tmp_path)
     assert kinds == {"a/img001.png": "duplicate", "a/img002.png": "label_conflict", "b/clash.png": "label_conflict"}
     assert len({row["sha256"] for row in manifest(tmp_path).values()}) == len(manifest(tmp_path))
     with pytest.raises(ValueError, match="a/img002.png, b/clash.png"):
-        prepare.run(params_for(tmp_path, root, on_conflict="fail"))
+        prepare.run(build_context("prepare", params_for(tmp_path, root, on_conflict="fail"), computes=False))
 
 
 def test_symlinks_outside_are_not_followed_unless_allowed(tmp_path):
@@ -194,15 +196,15 @@ def test_symlinks_outside_are_not_followed_unless_allowed(tmp_path):
     (root / "a" / "link.png").symlink_to(outside)
     (root / "a" / "broken.png").symlink_to(tmp_path / "nothing.png")
     before = snapshot(root)
-    prepare.run(params_for(tmp_path, root))
+    prepare.run(build_context("prepare", params_for(tmp_path, root), computes=False))
     assert excluded_kinds(tmp_path) == {"a/link.png": "symlink_outside", "a/broken.png": "broken_symlink"}
-    prepare.run(params_for(tmp_path, root, follow_symlinks=True))
+    prepare.run(build_context("prepare", params_for(tmp_path, root, follow_symlinks=True), computes=False))
     assert "a/link.png" in manifest(tmp_path)
     assert snapshot(root) == before
 
 
 def test_split_changed_after_prepare_fails_with_the_path(tmp_path, tiny_folder):
-    prepare.run(params_for(tmp_path, tiny_folder))
+    prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder), computes=False))
     prepared = tmp_path / "data" / "prepared"
     spec = preprocessing_spec(16)
     victim = sorted((prepared / "train" / "red").iterdir())[0]

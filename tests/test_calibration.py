@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stages.calibration import (
+from imgcls.evaluation.calibration import (
     TEMPERATURE_RANGE,
     calibrate,
     expected_calibration_error,
@@ -15,7 +15,7 @@ from stages.calibration import (
     fit_temperature,
     reliability,
 )
-from stages.metrics import gaps
+from imgcls.evaluation.metrics import gaps
 
 
 def sampled(temperature: float, count: int = 4000, classes: int = 5, seed: int = 0):

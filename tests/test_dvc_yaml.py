@@ -6,26 +6,27 @@ import re
 
 import yaml
 
-from stages import layout
-from stages.workspace import declared_outputs
+from imgcls.config import layout
+from imgcls.workspace import declared_outputs
 from tests.conftest import ROOT
 
 
-def stage_modules(name: str, seen: set[str] | None = None) -> set[str]:
-    """`stages.<name>` and every stages.* module it imports or names as a file, transitively."""
-    seen = set() if seen is None else seen
-    if name in seen:
-        return seen
-    seen.add(name)
-    for node in ast.walk(ast.parse((ROOT / "stages" / f"{name}.py").read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stages"):
-            targets = [a.name for a in node.names] if node.module == "stages" else [node.module.split(".")[1]]
-            for target in targets:
-                stage_modules(target, seen)
-        elif (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".py")
-              and (ROOT / "stages" / node.value).is_file()):
-            stage_modules(node.value[:-3], seen)  # a module MLflow runs by file name (models-from-code)
-    return seen
+def stage_code(stage: str) -> set[str]:
+    """The files `python -m stages.<stage>` may run: its module and every stages/imgcls module imported on the
+    way, at any depth (imports inside functions too)."""
+    seen, queue = set(), [f"stages.{stage}"]
+    while queue:
+        name = queue.pop()
+        path = ROOT / (name.replace(".", "/") + ".py")
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("stages", "imgcls"):
+                queue += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                queue += [alias.name for alias in node.names if alias.name.split(".")[0] in ("stages", "imgcls")]
+    return {name.replace(".", "/") + ".py" for name in seen}
 
 
 def test_every_imported_module_is_a_dep():
@@ -33,8 +34,8 @@ def test_every_imported_module_is_a_dep():
     assert list(stages) == ["prepare", "pretrain", "train", "evaluate", "export"]
     for name, stage in stages.items():
         assert stage["cmd"] == f"python -m stages.{name}"
-        declared = {d[len("stages/"):-3] for d in stage["deps"] if d.startswith("stages/")}
-        assert declared == stage_modules(name), name
+        declared = {d for d in stage["deps"] if d.startswith(("stages/", "imgcls/"))}
+        assert declared == stage_code(name), name
 
 
 def test_outputs_are_the_layouts_and_no_param_moves_them():

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages import prepare, tracking
-from stages.model import save_checkpoint
-from stages.params import load_params
+from imgcls.config.params import load_params
+from imgcls.model.checkpoints import save_checkpoint
+from imgcls.provenance import store
+from stages import prepare
+from stages.entry import build_context
 from tests.conftest import ROOT, attempt, clean_env, make_image_folder, run
 
 
@@ -20,7 +22,7 @@ def test_damaged_store_is_named_with_the_way_out(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     with pytest.raises(RuntimeError, match=r"mlflow.db cannot be used \(.*\); if .*mlflow.db is damaged, move it away"):
-        tracking.connect()
+        store.connect()
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, ful
         "workers": 1}})
     with pytest.raises(OSError, match=r"cannot write data/\.prepared\.partial-\d+/\.staging/.*\.jpg "
                                       r"\(decoded from .*photos/.*\): No space left on device\. Free space"):
-        prepare.run(params)
+        prepare.run(build_context("prepare", params, computes=False))
     assert list((full_disk / "data").iterdir()) == []  # no staging, no partial output
 
 

@@ -9,24 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from stages import runtime
-from stages.data import (
-    DecodedImages,
-    check_memory,
-    eval_crop,
-    eval_transform,
-    image_folder,
-    make_loader,
-    preprocessing_spec,
-    read_image,
-    to_model_input,
-    train_transform,
-)
-from stages.exported import export_program
-from stages.features import FeatureViews, backbone_features, head_of
-from stages.imagefolder import save_prepared
-from stages.model import build_model
-from stages.training import Recipe, autocast, fit, make_optimizer
+from imgcls.data.datasets import DecodedImages, check_memory, image_folder, read_image
+from imgcls.data.images import save_prepared
+from imgcls.data.loaders import make_loader
+from imgcls.data.transforms import eval_crop, eval_transform, preprocessing_spec, to_model_input, train_transform
+from imgcls.engine import runtime
+from imgcls.engine.loop import autocast, fit
+from imgcls.engine.recipe import Recipe, make_optimizer
+from imgcls.export.formats import export_program
+from imgcls.model.features import FeatureViews, backbone_features, head_of
+from imgcls.model.networks import build_model
 
 CUDA = torch.device("cuda")
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_
 
 
 def lineage(repo, env) -> subprocess.CompletedProcess:
-    return attempt([sys.executable, "-m", "stages.lineage", "models/export"], cwd=repo, env=env)
+    return attempt([sys.executable, "-m", "imgcls", "lineage", "models/export"], cwd=repo, env=env)
 
 
 def test_same_inputs_same_bytes_and_lineage_catches_swaps(trained_repo):
@@ -50,11 +50,11 @@ def test_same_inputs_same_bytes_and_lineage_catches_swaps(trained_repo):
 
     # the same file made unreadable: the train stage names it, even from a DataLoader worker process
     split_file.write_bytes(b"no longer an image")
-    set_param(repo, "train", "num_workers", 1)
+    set_param(repo, "runtime", "num_workers", 1)
     stage = attempt([sys.executable, "-m", "stages.train"], cwd=repo, env=env)
     assert stage.returncode == 1
     assert f"cannot read {split_file.relative_to(repo)}" in stage.stderr and "Traceback" not in stage.stderr
-    set_param(repo, "train", "num_workers", 0)
+    set_param(repo, "runtime", "num_workers", 0)
     split_file.write_bytes(original)
 
     card_path = repo / "models/export/model_card.json"
@@ -89,7 +89,7 @@ def test_dirty_tree_is_refused_before_any_work(trained_repo):
     repo, env = trained_repo
     params = (repo / "params.yaml").read_text()
     manifest = digest(repo / "data/prepared/manifest.csv")
-    set_param(repo, "export", "allow_dirty", False)
+    set_param(repo, "runtime", "allow_dirty", False)
     (repo / "scratch.py").write_text("# uncommitted code\n")
     try:
         failed = attempt([sys.executable, "-m", "stages.prepare"], cwd=repo, env=env)
@@ -98,7 +98,7 @@ def test_dirty_tree_is_refused_before_any_work(trained_repo):
         (repo / "params.yaml").write_text(params)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert "uncommitted changes in scratch.py" in failed.stderr and "git add -A && git commit" in failed.stderr
-    assert "export.allow_dirty: true" in failed.stderr
+    assert "runtime.allow_dirty: true" in failed.stderr
     assert "excluded) from" not in failed.stderr  # prepare's own log line: it never started reading
     assert digest(repo / "data/prepared/manifest.csv") == manifest
     assert lineage(repo, env).returncode == 0
@@ -165,17 +165,17 @@ def test_a_moved_repository_says_how_to_repair_its_store_and_then_verifies(train
     repo, env = trained_repo
     first = tmp_path / "first"
     shutil.copytree(repo, first, symlinks=True)
-    run([sys.executable, "-m", "stages.lineage", "--relocate-store"], first, env)  # a copy: point it at itself
+    run([sys.executable, "-m", "imgcls", "lineage", "--relocate-store"], first, env)  # a copy: point it at itself
     moved = tmp_path / "moved"
     first.rename(moved)  # now the store names a folder that no longer exists
     broken = lineage(moved, env)
-    assert broken.returncode == 1 and "(moved or copied since): run `python -m stages.lineage --relocate-store`" \
+    assert broken.returncode == 1 and "(moved or copied since): run `python -m imgcls lineage --relocate-store`" \
         in broken.stdout, broken.stdout
     image = sorted((moved / "data/prepared/test").rglob("*.jpg"))[0]
     version = json.loads((moved / "models/export/registry.json").read_text())["version"]
-    predicted = attempt([sys.executable, "-m", "stages.predict", f"models:/image-classifier/{version}", str(image)],
+    predicted = attempt([sys.executable, "-m", "imgcls", "predict", f"models:/image-classifier/{version}", str(image)],
                         moved, env)
     assert predicted.returncode == 1 and "--relocate-store" in predicted.stderr and "Traceback" not in predicted.stderr
-    repaired = run([sys.executable, "-m", "stages.lineage", "--relocate-store"], moved, env)
+    repaired = run([sys.executable, "-m", "imgcls", "lineage", "--relocate-store"], moved, env)
     assert "rewritten to" in repaired.stdout and "8/8 links verified" in repaired.stdout, repaired.stdout
-    run([sys.executable, "-m", "stages.predict", f"models:/image-classifier/{version}", str(image)], moved, env)
+    run([sys.executable, "-m", "imgcls", "predict", f"models:/image-classifier/{version}", str(image)], moved, env)

@@ -74,7 +74,7 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluation["test_images"] == 8 and 0 <= evaluation["test_accuracy"] <= 1  # 20% of 36, rounded up
 
-    before = run([sys.executable, "-m", "stages.reproduce"], repo, env)  # the committed reference: the sample's
+    before = run([sys.executable, "-m", "imgcls", "reproduce"], repo, env)  # the committed reference: the sample's
     assert "other data: prepare.data data/sample/target" in before.stdout and "-> data/my_images" in before.stdout
     assert "VERDICT not compared" in before.stdout and "<-- FAILS" not in before.stdout
     adopt = next(line.strip() for line in before.stdout.splitlines() if line.strip().startswith("git add"))
@@ -85,7 +85,7 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     assert "cdn.jsdelivr.net" not in page and "window.vegaEmbed" in page  # drawn offline
     new = tmp_path / "new_photos"  # outside the repository, as the README has it: untracked data there would
     photos(new, {"bark": 2, "gravel": 2}, seed=9)  # (rightly) stop the next run until committed
-    run([sys.executable, "-m", "stages.predict", "models/export", str(new)], repo, env)
+    run([sys.executable, "-m", "imgcls", "predict", "models/export", str(new)], repo, env)
     assert (repo / "predictions.csv").read_text().count("\n") == 5
     status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=60)
     assert "dvc_plots" not in status.stdout and "predictions.csv" not in status.stdout, status.stdout
@@ -96,5 +96,5 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     assert re.findall(r"Running stage '(\w+)'", again.stdout)[0] == "evaluate"  # export too, if a metric moved
 
     run(["bash", "-c", adopt], repo, env)  # these results become the reference, with their fingerprints
-    after = run([sys.executable, "-m", "stages.reproduce"], repo, env)
+    after = run([sys.executable, "-m", "imgcls", "reproduce"], repo, env)
     assert "VERDICT reproduced" in after.stdout and "other data" not in after.stdout, after.stdout

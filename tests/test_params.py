@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from stages.params import load_params
+from imgcls.config.params import load_params
 from tests.conftest import ROOT
 
 
@@ -109,5 +109,5 @@ def test_an_input_smaller_than_the_architecture_takes_is_refused(tmp_path):
                                          r"convnext_tiny accepts \(32 px"):
         load_params(path)
     bigger = write(tmp_path, lambda p: (p["model"].update(arch="convnext_tiny"), p["train"].update(crop_size=32)))
-    with pytest.raises(ValueError, match=r"pretrain\.image_size = 28 is below"):
+    with pytest.raises(ValueError, match=r"pretrain\.crop_size = 28 is below"):
         load_params(bigger)

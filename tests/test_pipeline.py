@@ -88,7 +88,7 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
 
 
 def test_param_change_reruns_downstream_and_each_run_is_one_version(trained_repo):
-    """A changed lr re-runs train, evaluate and export into a new run and version; with export.allow_dirty the
+    """A changed lr re-runs train, evaluate and export into a new run and version; with runtime.allow_dirty the
     uncommitted file is recorded; exporting the same card again reuses its version; a failed export leaves
     the run as it was. Leaves the repo consistent at the new lr (`dvc repro` has nothing to do)."""
     repo, env = trained_repo
@@ -97,7 +97,7 @@ def test_param_change_reruns_downstream_and_each_run_is_one_version(trained_repo
     first_lr, atol = (yaml.safe_load((repo / "params.yaml").read_text())[k][v] for k, v in [("train", "lr"),
                                                                                              ("export", "atol")])
     set_param(repo, "train", "lr", first_lr / 2)
-    set_param(repo, "export", "allow_dirty", True)
+    set_param(repo, "runtime", "allow_dirty", True)
     (repo / "scratch.py").write_text("# uncommitted code\n")
     try:
         changed = run(["dvc", "repro"], repo, env)
@@ -200,11 +200,11 @@ def test_a_damaged_store_stops_evaluate_before_it_writes_and_lineage_in_one_line
     evaluate = attempt([sys.executable, "-m", "stages.evaluate"], repo, broken)
     assert evaluate.returncode == 1 and "damaged.db cannot be used" in evaluate.stderr
     assert "Traceback" not in evaluate.stderr and digest(repo / "metrics/evaluate.json") == metrics
-    lineage = attempt([sys.executable, "-m", "stages.lineage"], repo, broken)
+    lineage = attempt([sys.executable, "-m", "imgcls", "lineage"], repo, broken)
     assert lineage.returncode == 1 and "damaged.db cannot be used" in lineage.stdout and "Traceback" not in \
         lineage.stdout + lineage.stderr
     image = next((repo / "data/prepared/test").rglob("*.jpg"))
-    predicted = attempt([sys.executable, "-m", "stages.predict", "models:/image-classifier/1", str(image)], repo,
+    predicted = attempt([sys.executable, "-m", "imgcls", "predict", "models:/image-classifier/1", str(image)], repo,
                         broken)
     assert predicted.returncode == 1 and "damaged.db cannot be used" in predicted.stderr
     assert "Traceback" not in predicted.stderr

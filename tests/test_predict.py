@@ -20,7 +20,7 @@ pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_
 
 
 def predict(repo, env, *args, timeout: float = 180):
-    return attempt([sys.executable, "-m", "stages.predict", *map(str, args)], repo, env, timeout=timeout)
+    return attempt([sys.executable, "-m", "imgcls", "predict", *map(str, args)], repo, env, timeout=timeout)
 
 
 def rows(path: Path) -> dict[str, dict]:
@@ -31,7 +31,7 @@ def rows(path: Path) -> dict[str, dict]:
 def test_out_never_overwrites_code_exports_or_other_files_without_force(trained_repo, tmp_path):
     repo, env = trained_repo
     image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
-    for target, reason in [("stages/predict.py", "git tracks it"),
+    for target, reason in [("stages/train.py", "git tracks it"),
                            ("models/export/model.onnx", "it lies in the export folder"),
                            (str(image), "it is one of the images to classify")]:
         before = digest(repo / target)

@@ -7,8 +7,9 @@ import json
 import pytest
 from PIL import Image
 
+from imgcls.config.params import load_params
 from stages import prepare
-from stages.params import load_params
+from stages.entry import build_context
 from tests.conftest import ROOT, make_image_folder
 
 
@@ -39,7 +40,7 @@ def test_prepare_splits_resizes_and_accounts_for_every_file(tmp_path, tiny_folde
     (tiny_folder / "red" / "copy.png").write_bytes((tiny_folder / "red" / "img000.png").read_bytes())
     before = folder_hashes(tiny_folder)
     params = params_for(tmp_path, tiny_folder)
-    metrics = prepare.run(params)
+    metrics = prepare.run(build_context("prepare", params, computes=False))
 
     assert folder_hashes(tiny_folder) == before, "the input folder must never change"
     manifest = read_csv(tmp_path / "data" / "prepared" / "manifest.csv")
@@ -63,20 +64,20 @@ def test_prepare_splits_resizes_and_accounts_for_every_file(tmp_path, tiny_folde
 
 def test_prepare_is_deterministic(tmp_path, tiny_folder):
     params = params_for(tmp_path, tiny_folder)
-    prepare.run(params)
+    prepare.run(build_context("prepare", params, computes=False))
     first = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
-    prepare.run(params)
+    prepare.run(build_context("prepare", params, computes=False))
     assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() == first
 
 
 def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
-    prepare.run(params_for(tmp_path, tiny_folder, workers=1))
+    prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, workers=1), computes=False))
     serial = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
     make_image_folder(tiny_folder, {"red": 40, "green": 40, "blue": 40}, seed=5)  # enough for the process pool
-    prepare.run(params_for(tmp_path, tiny_folder, workers=2))
+    prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, workers=2), computes=False))
     assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() != serial  # more files now
     parallel = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
-    prepare.run(params_for(tmp_path, tiny_folder, workers=1))
+    prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, workers=1), computes=False))
     assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() == parallel
 
 
@@ -87,7 +88,7 @@ def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
 ])
 def test_bad_data_path_fails_before_any_work(tmp_path, make, message):
     with pytest.raises((FileNotFoundError, NotADirectoryError, ValueError), match=f"prepare.data=.*{message}"):
-        prepare.run(params_for(tmp_path, make(tmp_path)))
+        prepare.run(build_context("prepare", params_for(tmp_path, make(tmp_path)), computes=False))
     assert not (tmp_path / "data" / "prepared").exists()
 
 
@@ -105,7 +106,7 @@ def test_same_pixels_in_other_bytes_are_duplicates(tmp_path, tiny_folder):
     original = (tiny_folder / "red" / "img000.png").read_bytes()
     (tiny_folder / "red" / "resaved.png").write_bytes(original + b"trailing bytes")
     (tiny_folder / "green" / "relabelled.png").write_bytes(original + b"other trailing bytes")
-    metrics = prepare.run(params_for(tmp_path, tiny_folder))
+    metrics = prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder), computes=False))
     kinds = {e["source"]: e["kind"] for e in read_csv(tmp_path / "data" / "prepared" / "excluded.csv")}
     assert kinds == {"green/relabelled.png": "label_conflict", "red/img000.png": "label_conflict",
                      "red/resaved.png": "label_conflict"}
@@ -118,7 +119,7 @@ def test_fixed_test_set_is_the_test_split_and_never_leaks(tmp_path, tiny_folder)
     relabelled = (test_folder / "red" / "img001.png").read_bytes() + b"resaved"  # other bytes, same pixels
     (tiny_folder / "blue" / "relabelled.png").write_bytes(relabelled)
     before = folder_hashes(tiny_folder), folder_hashes(test_folder)
-    metrics = prepare.run(params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.0))
+    metrics = prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.0), computes=False))
 
     assert (folder_hashes(tiny_folder), folder_hashes(test_folder)) == before
     rows = read_csv(tmp_path / "data" / "prepared" / "manifest.csv")
@@ -140,4 +141,4 @@ def test_fixed_test_set_must_match_classes_and_fractions(tmp_path, tiny_folder):
         params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.2)
     with pytest.raises(ValueError, match=r"test_data=.*classes \['green', 'purple', 'red'\] but the training "
                                          r"data has \['blue', 'green', 'red'\]"):
-        prepare.run(params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.0))
+        prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, test_data=str(test_folder), test_fraction=0.0), computes=False))

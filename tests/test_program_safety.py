@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from stages.architectures import ARCHITECTURES
-from stages.exported import export_program, load_runtime
-from stages.model import build_model
-from stages.program_safety import UnsafeProgram, check_program
+from imgcls.export.formats import export_program, load_runtime
+from imgcls.export.program_safety import UnsafeProgram, check_program
+from imgcls.model.architectures import ARCHITECTURES
+from imgcls.model.networks import build_model
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """CI's promise: a clean clone re-derives the committed reference results of the shipped sample.
 
-`python -m stages.reproduce` decides how strictly: exact when this machine runs the same pinned CPU runtime
+`python -m imgcls reproduce` decides how strictly: exact when this machine runs the same pinned CPU runtime
 as the reference (runtime.reproducible: any x86-64 CPU, same threads and library versions), else integrity
 counts exact and headline metrics inside the reference's 95% interval. Its report names the mode, both
 fingerprints and every metric that moved, so the CI log says whether a failure is rounding or a regression.
@@ -22,6 +22,6 @@ def test_clean_clone_reproduces_committed_reference(tmp_path):
     env = clean_env()
     run(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
     run(["dvc", "repro", "evaluate"], clone, env)  # every reference metric; export adds none (and ~90 s)
-    check = attempt([sys.executable, "-m", "stages.reproduce"], cwd=clone, env=env)
+    check = attempt([sys.executable, "-m", "imgcls", "reproduce"], cwd=clone, env=env)
     print(check.stdout)
     assert check.returncode == 0, f"the committed reference did not reproduce:\n{check.stdout}\n{check.stderr}"

@@ -2,10 +2,10 @@
 
 import yaml
 
-from stages import layout
-from stages.params import load_params
-from stages.reference import adopt_command, differences
-from stages.reproduce import compare_metrics, decide_mode, report
+from imgcls.config import layout
+from imgcls.config.params import load_params
+from imgcls.provenance.reference import adopt_command, differences
+from imgcls.provenance.reproduce import compare_metrics, decide_mode, report
 from tests.conftest import ROOT
 
 PINNED = {"pinned": True, "device": "cpu", "kernel_isa": "DEFAULT", "blas": "MKL COMPATIBLE", "threads": 2,
@@ -89,7 +89,7 @@ def test_a_reference_of_other_data_or_params_is_named_and_not_compared():
     other_data = differences(sample, reference, sample, lock(sample_target="c.dir", sample_test="b.dir"))
     assert other_data == ["other data: prepare.data data/sample/target (a.dir) -> data/sample/target (c.dir)"]
     mine = load_params(ROOT / "params.yaml", overrides={"prepare": {"data": "data/mine"}, "train": {
-        "lr": 0.001, "num_workers": 0, "experiment": "mine"}})  # workers and names change no metric
+        "lr": 0.001, "experiment": "mine"}, "runtime": {"num_workers": 0}})  # workers and names change no metric
     lines = differences(sample, reference, mine, lock(mine="d.dir", sample_test="b.dir"))
     assert lines == ["other data: prepare.data data/sample/target (a.dir) -> data/mine (d.dir)",
                      "other params (2): prepare.data 'data/sample/target' -> 'data/mine'; train.lr 0.01 -> 0.001"]

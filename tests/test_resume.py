@@ -15,9 +15,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from stages.data import EpochSampler
-from stages.train import find_resume, resume_blockers
-from stages.train_state import TrainState, capture_rng, load_state, save_state
+from imgcls.data.loaders import EpochSampler
+from imgcls.engine.resume import find_resume, resume_blockers
+from imgcls.engine.state import TrainState, capture_rng, load_state, save_state
 from tests.conftest import digest, free_port, run, set_param
 
 EPOCHS = 3
@@ -28,9 +28,9 @@ def configure(repo: Path, processes: int) -> None:
     after every step, on `processes` torchrun ranks sharing a global batch of 8."""
     set_param(repo, "model", "arch", "mobilenet_v3_small")
     set_param(repo, "runtime", "threads", 1)  # one core per rank: 2 cores here
+    set_param(repo, "runtime", "num_workers", 1 if processes == 1 else 0)
     for key, value in {"freeze": "none", "cache_features": False, "epochs": EPOCHS, "patience": EPOCHS,
-                       "batch_size": 8 // processes, "checkpoint_every": 1, "lr": 0.001,
-                       "num_workers": 1 if processes == 1 else 0}.items():
+                       "batch_size": 8 // processes, "checkpoint_every": 1, "lr": 0.001}.items():
         set_param(repo, "train", key, value)
     set_param(repo, "train", "distributed", {"nnodes": 1, "nproc_per_node": processes, "master_addr": "127.0.0.1",
                                              "master_port": free_port(), "backend": "gloo", "timeout": 60})
@@ -135,7 +135,7 @@ def test_changed_inputs_block_a_resume_and_say_which():
     new = {"params": {"train.lr": 0.02, "train.epochs": 30}, "data": "b", "weights": "w", "code": "d"}
     assert resume_blockers(old, new) == ["params changed: train.lr 0.01 -> 0.02",
                                          "the prepared data changed (manifest.csv)",
-                                         "the code changed (stages/*.py)"]
+                                         "the code changed (stages/, imgcls/)"]
 
 
 @pytest.mark.parametrize("size", [37, 40])

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from stages import tracking
-from stages.params import load_params
+from imgcls.config.params import load_params
+from imgcls.provenance import store
 from tests.conftest import ROOT, clean_env, run, set_param
 
 
@@ -78,12 +78,12 @@ def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pi
 FIRST_USE = """
 import sys, time
 from pathlib import Path
-from stages import tracking
+from imgcls.provenance import store
 ready, go = Path(sys.argv[1]), Path(sys.argv[2])
 ready.touch()  # imports done
 while not go.exists():
     time.sleep(0.001)
-print(tracking.experiment_id(tracking.connect(), "shared"))
+print(store.experiment_id(store.connect(), "shared"))
 """
 
 
@@ -113,5 +113,5 @@ def test_silent_tracking_server_fails_within_the_default_timeout(monkeypatch):
         timeout = load_params(ROOT / "params.yaml").tracking.timeout
         start = time.monotonic()
         with pytest.raises(RuntimeError, match=f"MLflow tracking server {uri} does not answer"):
-            tracking.connect(timeout)
+            store.connect(timeout)
         assert timeout == 15 and time.monotonic() - start < timeout + 5

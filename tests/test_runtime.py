@@ -8,13 +8,15 @@ import sys
 
 import torch
 
-from stages.data import image_folder, make_loader, train_transform
+from imgcls.data.datasets import image_folder
+from imgcls.data.loaders import make_loader
+from imgcls.data.transforms import train_transform
 from tests.conftest import ROOT, attempt, clean_env
 
 TINY_TRAINING = """
 import hashlib, json, sys, torch
-from stages import runtime
-from stages.model import build_model
+from imgcls.engine import runtime
+from imgcls.model.networks import build_model
 runtime.pin(sys.argv[1] == "pinned", 2, torch.device("cpu"))
 torch.manual_seed(0)
 model = build_model("resnet18", 3).to(memory_format=torch.channels_last)
@@ -47,7 +49,7 @@ def test_pinned_training_is_the_same_bits_under_other_isa_caps():
 
 def test_pinning_after_tensor_work_is_refused():
     script = ("import torch; torch.ones(3) @ torch.ones(3); torch.randn(8, 8) @ torch.randn(8, 8)\n"
-              "from stages import runtime\nruntime.pin(True, 2, torch.device('cpu'))")
+              "from imgcls.engine import runtime\nruntime.pin(True, 2, torch.device('cpu'))")
     result = attempt([sys.executable, "-c", script], cwd=ROOT, env=clean_env())
     assert result.returncode != 0 and "RuntimeNotPinned" in result.stderr
     assert "tensors were used before the runtime was pinned" in result.stderr

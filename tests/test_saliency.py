@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stages.architectures import ARCHITECTURES
-from stages.data import preprocessing_spec
-from stages.metrics import confused_pairs
-from stages.model import build_model, freeze_backbone
-from stages.saliency import file_name, grad_cam, write_grids
+from imgcls.data.transforms import preprocessing_spec
+from imgcls.evaluation.metrics import confused_pairs
+from imgcls.evaluation.saliency import file_name, grad_cam, write_grids
+from imgcls.model.architectures import ARCHITECTURES
+from imgcls.model.networks import build_model, freeze_backbone
 
 SIZE = 128  # ResNet-18's layer4 is 4 x 4 here; at 64 px (2 x 2) every cell sees the whole image
 

@@ -31,7 +31,7 @@ def registered(repo) -> str:
 
 
 def predict(repo, env, *args) -> dict[str, dict]:
-    run([sys.executable, "-m", "stages.predict", *args], repo, env)
+    run([sys.executable, "-m", "imgcls", "predict", *args], repo, env)
     with open(repo / "predictions.csv", newline="", encoding="utf-8") as f:
         return {row["path"]: row for row in csv.DictReader(f)}
 
@@ -82,9 +82,9 @@ def test_probabilities_are_temperature_scaled_and_logits_are_not(trained_repo, t
     import numpy as np
     import torch
 
-    from stages.data import eval_transform
-    from stages.exported import load_runtime
-    from stages.imagefolder import decode_image
+    from imgcls.data.images import decode_image
+    from imgcls.data.transforms import eval_transform
+    from imgcls.export.formats import load_runtime
 
     repo, env = trained_repo
     export = repo / "models/export"
@@ -108,13 +108,13 @@ def test_swapped_export_file_is_refused_before_loading(trained_repo, tmp_path):
     shutil.copytree(repo / "models/export", copy)
     (copy / "model.pt2").write_bytes((copy / "model.pt2").read_bytes() + b"payload")
     image = next((repo / "data/prepared/test").rglob("*.jpg"))
-    result = attempt([sys.executable, "-m", "stages.predict", str(copy), str(image), "--runtime", "torch"],
+    result = attempt([sys.executable, "-m", "imgcls", "predict", str(copy), str(image), "--runtime", "torch"],
                             cwd=repo, env=env)
     assert result.returncode == 1 and "model.pt2 does not match its model card" in result.stderr
     assert "Traceback" not in result.stderr
     shutil.copy(repo / "models/export/model.pt2", copy / "model.pt2")
     (copy / "calibration.json").write_text(json.dumps({"temperature": 0.01}))  # would fake high confidence
-    result = attempt([sys.executable, "-m", "stages.predict", str(copy), str(image)], cwd=repo, env=env)
+    result = attempt([sys.executable, "-m", "imgcls", "predict", str(copy), str(image)], cwd=repo, env=env)
     assert result.returncode == 1 and "calibration.json does not match its model card" in result.stderr
 
 
@@ -158,7 +158,7 @@ def test_hardened_server_reads_only_the_image_sent(trained_repo):
     image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
     expected = predict(repo, env, "models/export", str(image))[str(image)]
     port = free_port()
-    server = serve([sys.executable, "-m", "stages.serve", registered(repo), "--port", str(port),
+    server = serve([sys.executable, "-m", "imgcls", "serve", registered(repo), "--port", str(port),
                     "--max-body-mb", "1"], repo, env, port)
     try:
         status, answer = post(port, frame([base64.b64encode(image.read_bytes()).decode()]))
@@ -230,7 +230,7 @@ def test_server_memory_is_bounded_per_request_and_errors_never_echo_it(trained_r
     repo, env = trained_repo
     bomb = base64.b64encode(sparse_png()).decode()
     port = free_port()
-    server = serve([sys.executable, "-m", "stages.serve", registered(repo), "--port", str(port),
+    server = serve([sys.executable, "-m", "imgcls", "serve", registered(repo), "--port", str(port),
                     "--max-body-mb", "1"], repo, env, port)
     try:
         image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
@@ -270,10 +270,10 @@ def test_server_memory_is_bounded_per_request_and_errors_never_echo_it(trained_r
 def test_serve_refuses_an_unknown_model_or_a_bad_limit_in_one_line(trained_repo):
     repo, env = trained_repo
     served = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"}
-    missing = attempt([sys.executable, "-m", "stages.serve", "models:/no-such-model/1"], repo, served, timeout=120)
+    missing = attempt([sys.executable, "-m", "imgcls", "serve", "models:/no-such-model/1"], repo, served, timeout=120)
     assert missing.returncode == 1 and "cannot serve models:/no-such-model/1" in missing.stderr
     assert "Traceback" not in missing.stderr
-    negative = attempt([sys.executable, "-m", "stages.serve", registered(repo), "--max-body-mb", "-1"], repo, served)
+    negative = attempt([sys.executable, "-m", "imgcls", "serve", registered(repo), "--max-body-mb", "-1"], repo, served)
     assert negative.returncode == 2 and "-1 is not a size in MB between 0 and 1024" in negative.stderr
 
 

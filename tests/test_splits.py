@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from stages.splits import SplitError, assign_splits, check_class_sizes, deduplicate
+from imgcls.data.splits import SplitError, assign_splits, check_class_sizes, deduplicate
 
 
 def items(counts: dict[str, int]) -> list[dict]:

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from stages.export import check_parity
-from stages.training import TrainingDiverged, make_optimizer, make_scheduler, train_one_epoch
+from imgcls.engine.loop import TrainingDiverged, train_one_epoch
+from imgcls.engine.recipe import make_optimizer, make_scheduler
+from imgcls.export.parity import check_parity
 
 
 def test_non_finite_loss_stops_training_naming_epoch_and_step():

@@ -4,10 +4,11 @@ import pytest
 import torch
 from torchvision.models import get_model
 
+from imgcls.config.params import load_params
+from imgcls.model.checkpoints import load_checkpoint
+from imgcls.model.weights import WeightsError, imagenet_cache_path
 from stages import pretrain
-from stages.model import load_checkpoint
-from stages.params import load_params
-from stages.weights import WeightsError, imagenet_cache_path
+from stages.entry import build_context
 from tests.conftest import ROOT
 
 
@@ -24,7 +25,7 @@ def pretrain_params(tmp_path, **changes):
 def test_local_file_is_loaded_with_provenance(tmp_path):
     source = get_model("resnet18", weights=None)
     torch.save(source.state_dict(), tmp_path / "air-gapped.pth")
-    pretrain.run(pretrain_params(tmp_path, source="file", file=str(tmp_path / "air-gapped.pth")))
+    pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="file", file=str(tmp_path / "air-gapped.pth"))))
     checkpoint = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")
     assert checkpoint["arch"] == "resnet18"
     assert checkpoint["provenance"]["source"] == "file"
@@ -47,7 +48,7 @@ def test_bad_weights_file_gets_one_line_naming_it(tmp_path, make, message):
     path = tmp_path / "weights.pth"
     make(path)
     with pytest.raises(WeightsError, match=f"^{tmp_path}/weights.pth \\(pretrain.file\\) {message}|^{path} {message}"):
-        pretrain.run(pretrain_params(tmp_path, source="file", file=str(path)))
+        pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="file", file=str(path))))
     assert not (tmp_path / "models/pretrained.pt").exists()
 
 
@@ -55,7 +56,7 @@ def test_pinned_full_sha256_is_enforced(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(get_model("resnet18", weights=None).state_dict(), path)
     with pytest.raises(WeightsError, match="not the pretrain.sha256"):
-        pretrain.run(pretrain_params(tmp_path, source="file", file=str(path), sha256="0" * 64))
+        pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="file", file=str(path), sha256="0" * 64)))
 
 
 def test_imagenet_offline_without_cache_names_file_and_alternatives(tmp_path, monkeypatch):
@@ -63,7 +64,7 @@ def test_imagenet_offline_without_cache_names_file_and_alternatives(tmp_path, mo
     expected, _ = imagenet_cache_path("resnet18")
     assert expected == tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     with pytest.raises(WeightsError) as error:
-        pretrain.run(pretrain_params(tmp_path, source="imagenet", download=False))
+        pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="imagenet", download=False)))
     message = str(error.value)
     assert str(expected) in message and "pretrain.source: file" in message and "dataset | none" in message
     assert not (tmp_path / "models/pretrained.pt").exists()
@@ -75,12 +76,12 @@ def test_imagenet_cache_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
     expected.parent.mkdir(parents=True)
     torch.save(get_model("resnet18", weights=None).state_dict(), expected)
     with pytest.raises(WeightsError, match="does not match the SHA-256 prefix 'f37072fd'"):
-        pretrain.run(pretrain_params(tmp_path, source="imagenet", download=False))
+        pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="imagenet", download=False)))
 
 
 def test_none_is_seeded_random_init(tmp_path):
-    pretrain.run(pretrain_params(tmp_path, source="none", seed=3))
+    pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="none", seed=3)))
     first = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
-    pretrain.run(pretrain_params(tmp_path, source="none", seed=3))
+    pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="none", seed=3)))
     again = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
     assert torch.equal(first, again)

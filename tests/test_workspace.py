@@ -11,8 +11,8 @@ import time
 import pytest
 import yaml
 
-from stages import layout
-from stages.workspace import OutsideWorkspace, StageBusy, check_outputs, one_stage_at_a_time
+from imgcls.config import layout
+from imgcls.workspace import OutsideWorkspace, StageBusy, check_outputs, one_stage_at_a_time
 from tests.conftest import ROOT, attempt, clean_env, run
 
 
