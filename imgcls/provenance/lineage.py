@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from imgcls.config import layout
-from imgcls.config.params import parse_params, read_yaml
+from imgcls.config.params import parse_params
+from imgcls.config.strict_yaml import read_yaml
 from imgcls.export.card import dvc_hashes
 from imgcls.files import sha256_file
 from imgcls.provenance import inputs, registry, store

@@ -26,7 +26,8 @@ from pathlib import Path
 import yaml
 
 from imgcls.config import layout
-from imgcls.config.params import Params, load_params, parse_params, read_yaml
+from imgcls.config.params import Params, load_params, parse_params
+from imgcls.config.strict_yaml import read_yaml
 from imgcls.provenance.inputs import flatten
 from imgcls.provenance.reference import adopt_command, differences, lock_at
 
