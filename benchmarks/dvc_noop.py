@@ -1,10 +1,10 @@
 """Benchmark: `dvc repro` with nothing changed, on this pipeline with a large prepared dataset.
 
-Usage: python benchmarks/dvc_noop.py [--images 10000 100000] [--repeat 3]
-For each size it builds a scratch git + DVC repository holding this project's dvc.yaml, params.yaml and
-stages/, fills it with that many distinct 8-px PNGs (the no-op cost is per file, not per pixel), runs the whole
-pipeline once (small and fast: no pretraining, one epoch), then times `dvc repro` and `dvc status` with nothing
-changed, beside a bare one-stage pipeline over the same files.
+Usage: python benchmarks/dvc_noop.py [--images 10000 100000] [--repeat 3] For each size it builds a scratch
+git + DVC repository holding this project's dvc.yaml, params.yaml and stages/, fills it with that many
+distinct 8-px PNGs (the no-op cost is per file, not per pixel), runs the whole pipeline once (small and fast:
+no pretraining, one epoch), then times `dvc repro` and `dvc status` with nothing changed, beside a bare
+one-stage pipeline over the same files.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def sh(repo: Path, *command: str) -> float:
     start = time.perf_counter()
     result = subprocess.run(command, cwd=repo, capture_output=True, text=True)
     if result.returncode:
-        raise SystemExit(f"{' '.join(command)} failed in {repo}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(command)} failed in {repo}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return time.perf_counter() - start
 
 
@@ -48,8 +50,9 @@ def make_repo(repo: Path, images: int) -> None:
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["runtime"].update(reproducible=False, threads=0)
-    params["prepare"].update(data="data/target", test_data="data/target", test_fraction=0.2, image_size=8,
-                             min_size=1)
+    params["prepare"].update(
+        data="data/target", test_data="data/target", test_fraction=0.2, image_size=8, min_size=1
+    )
     params["pretrain"].update(source="none", data="data/target")
     params["train"].update(crop_size=8, epochs=1, batch_size=256)
     params["evaluate"].update(batch_size=1024, bootstrap=100)
@@ -57,9 +60,13 @@ def make_repo(repo: Path, images: int) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     make_images(repo / "data" / "target", images)
     (repo / ".gitignore").write_text("mlflow.db\nmlflow.db.lock\nmlartifacts/\n__pycache__/\n")
-    for command in (["git", "init", "-q"], ["git", "config", "user.email", "bench@example.com"],
-                    ["git", "config", "user.name", "bench"], ["dvc", "init", "-q"],
-                    ["dvc", "config", "core.analytics", "false"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "bench@example.com"],
+        ["git", "config", "user.name", "bench"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+    ):
         sh(repo, *command)
     sh(repo, "dvc", "add", "-q", "data/target")
     sh(repo, "git", "add", "-A")
@@ -71,9 +78,24 @@ def bare_noop(repo: Path, repeat: int) -> float:
     bare = repo.parent / "bare"
     bare.mkdir()
     (bare / "data").symlink_to(repo / "data")
-    (bare / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"count": {
-        "cmd": "find data/target -type f | wc -l > count.txt", "deps": ["data/target"], "outs": ["count.txt"]}}}))
-    for command in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "config", "core.analytics", "false"]):
+    (bare / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "stages": {
+                    "count": {
+                        "cmd": "find data/target -type f | wc -l > count.txt",
+                        "deps": ["data/target"],
+                        "outs": ["count.txt"],
+                    }
+                }
+            }
+        )
+    )
+    for command in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+    ):
         sh(bare, *command)
     sh(bare, "dvc", "repro", "-q")
     return min(sh(bare, "dvc", "repro", "-q") for _ in range(repeat))
@@ -99,9 +121,11 @@ def main() -> None:
             files = sum(1 for p in (repo / "data").rglob("*") if p.is_file())
             bare = bare_noop(repo, args.repeat)
             runs = ", ".join(f"{t:.2f}" for t in noop)
-            print(f"{images:,} images ({files:,} files under data/, made in {made:.0f} s): full dvc repro "
-                  f"{full:.0f} s; no-op dvc repro {min(noop):.2f} s (runs: {runs}); dvc status {status:.2f} s; "
-                  f"bare one-stage no-op over data/target {bare:.2f} s")
+            print(
+                f"{images:,} images ({files:,} files under data/, made in {made:.0f} s): full dvc repro "
+                f"{full:.0f} s; no-op dvc repro {min(noop):.2f} s (runs: {runs}); dvc status {status:.2f} s; "
+                f"bare one-stage no-op over data/target {bare:.2f} s"
+            )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@ feature pass), per crop size. Prints figures; asserts nothing.
 Usage: python benchmarks/epoch_times.py [--sizes 64 112 224] [--images 256] [--arch resnet18] [--pinned]
 
 The images are decoded uint8 pictures in memory (decoding adds ~1-3 ms an image on a CPU, next to tens of ms
-for the model at 112 px and up), cropped and flipped by the pipeline's own transform, in batches of 32, through
-the pipeline's own training step (imgcls.engine.loop.train_one_epoch)."""
+for the model at 112 px and up), cropped and flipped by the pipeline's own transform, in batches of 32,
+through the pipeline's own training step (imgcls.engine.loop.train_one_epoch)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcls.data.transforms import train_transform
 from imgcls.engine import runtime
-from imgcls.engine.loop import collect_logits, train_one_epoch
+from imgcls.engine.inference import collect_logits
+from imgcls.engine.loop import train_one_epoch
 from imgcls.engine.recipe import make_optimizer, make_scheduler
 from imgcls.model.networks import build_model, freeze_backbone
 
@@ -29,7 +30,9 @@ class Pictures(Dataset):
 
     def __init__(self, count: int, side: int, crop: int):
         generator = torch.Generator().manual_seed(0)
-        self.images = torch.randint(0, 256, (count, 3, side, side * 4 // 3), dtype=torch.uint8, generator=generator)
+        self.images = torch.randint(
+            0, 256, (count, 3, side, side * 4 // 3), dtype=torch.uint8, generator=generator
+        )
         self.transform = train_transform(crop, 0.35, True)
 
     def __len__(self) -> int:
@@ -53,8 +56,9 @@ def seconds_per_epoch(arch: str, crop: int, images: int, frozen: bool) -> float:
     scheduler = make_scheduler(optimizer, 0, 2 * len(loader))
     for _ in range(2):
         start = time.perf_counter()
-        train_one_epoch(model, loader, nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"),
-                        log_every=10**9)
+        train_one_epoch(
+            model, loader, nn.CrossEntropyLoss(), optimizer, scheduler, torch.device("cpu"), log_every=10**9
+        )
         elapsed = time.perf_counter() - start
     return elapsed / (len(loader) * 32) * 1000
 
@@ -65,16 +69,22 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=256, help="training images timed per size")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--threads", type=int, default=0, help="intra-op threads (0: one per core)")
-    parser.add_argument("--pinned", action="store_true", help="the pinned reproducible runtime (slower on a CPU)")
+    parser.add_argument(
+        "--pinned", action="store_true", help="the pinned reproducible runtime (slower on a CPU)"
+    )
     args = parser.parse_args()
     runtime.pin(args.pinned, args.threads, torch.device("cpu"))
-    print(f"{args.arch}, {torch.get_num_threads()} threads, {'pinned' if args.pinned else 'unpinned'} kernels "
-          f"({runtime.cpu_model()}, {runtime.cpu_isa()}); seconds per epoch per 1,000 training images:")
+    print(
+        f"{args.arch}, {torch.get_num_threads()} threads, {'pinned' if args.pinned else 'unpinned'} kernels "
+        f"({runtime.cpu_model()}, {runtime.cpu_isa()}); seconds per epoch per 1,000 training images:"
+    )
     for crop in args.sizes:
         full = seconds_per_epoch(args.arch, crop, args.images, frozen=False)
         frozen = seconds_per_epoch(args.arch, crop, args.images, frozen=True)
-        print(f"  {crop:>4} px: full fine-tuning {full:7.1f} s/epoch; frozen backbone: {frozen:6.1f} s once "
-              "(the feature pass), then the head in well under a second an epoch")
+        print(
+            f"  {crop:>4} px: full fine-tuning {full:7.1f} s/epoch; frozen backbone: {frozen:6.1f} s once "
+            "(the feature pass), then the head in well under a second an epoch"
+        )
 
 
 if __name__ == "__main__":

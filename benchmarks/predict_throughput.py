@@ -30,8 +30,11 @@ def main() -> None:
         start = time.perf_counter()
         rows = predict(args.export, paths, runtime, device, args.batch_size, 3)
         seconds = time.perf_counter() - start
-        print(f"{runtime:6s} on {device}: {len(rows)} images in {seconds:.1f} s = {len(rows) / seconds:.0f} images/s "
-              f"(batch {args.batch_size}, decode + preprocess + model, {torch.get_num_threads()} threads)")
+        print(
+            f"{runtime:6s} on {device}: {len(rows)} images in {seconds:.1f} s = {len(rows) / seconds:.0f} "
+            "images/s "
+            f"(batch {args.batch_size}, decode + preprocess + model, {torch.get_num_threads()} threads)"
+        )
 
 
 if __name__ == "__main__":

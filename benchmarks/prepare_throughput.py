@@ -43,16 +43,28 @@ def main() -> None:
         params_file = Path("params.yaml").absolute()
         os.chdir(tmp)  # prepare writes data/prepared and metrics/ here
         for workers in args.workers:
-            params = load_params(params_file, overrides={"prepare": {
-                "data": str(data), "test_data": str(data), "test_fraction": 0.1, "image_size": args.image_size,
-                "workers": workers}})
+            params = load_params(
+                params_file,
+                overrides={
+                    "prepare": {
+                        "data": str(data),
+                        "test_data": str(data),
+                        "test_fraction": 0.1,
+                        "image_size": args.image_size,
+                        "workers": workers,
+                    }
+                },
+            )
             start = time.perf_counter()
             metrics = prepare.run(build_context("prepare", params, computes=False))
             seconds = time.perf_counter() - start
-            print(f"workers={workers or os.cpu_count()} ({'all cores' if workers == 0 else 'fixed'}): "
-                  f"{metrics['input_files']} files in {seconds:.1f} s = {metrics['input_files'] / seconds:.0f} files/s "
-                  f"(500x375 JPEG -> short side {args.image_size} {params.prepare.format}, "
-                  f"quality {params.prepare.jpeg_quality})")
+            print(
+                f"workers={workers or os.cpu_count()} ({'all cores' if workers == 0 else 'fixed'}): "
+                f"{metrics['input_files']} files in {seconds:.1f} s = "
+                f"{metrics['input_files'] / seconds:.0f} files/s "
+                f"(500x375 JPEG -> short side {args.image_size} {params.prepare.format}, "
+                f"quality {params.prepare.jpeg_quality})"
+            )
 
 
 if __name__ == "__main__":

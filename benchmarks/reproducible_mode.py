@@ -30,14 +30,29 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "pretrain", "train", "evaluate")
 CAPS = {  # what each library may use, standing in for a processor that has only these instructions
     "avx2": {},  # this machine as it is (x86-64 with AVX2 and FMA)
-    "avx": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX", "MKL_ENABLE_INSTRUCTIONS": "AVX",
-            "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F", "NPY_DISABLE_CPU_FEATURES": "AVX2 FMA3"},
-    "sse4.2": {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41",
-               "MKL_ENABLE_INSTRUCTIONS": "SSE4_2", "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX,-AVX512F",
-               "NPY_DISABLE_CPU_FEATURES": "AVX2 FMA3 F16C AVX"},
+    "avx": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "ONEDNN_MAX_CPU_ISA": "AVX",
+        "MKL_ENABLE_INSTRUCTIONS": "AVX",
+        "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F",
+        "NPY_DISABLE_CPU_FEATURES": "AVX2 FMA3",
+    },
+    "sse4.2": {
+        "ATEN_CPU_CAPABILITY": "default",
+        "ONEDNN_MAX_CPU_ISA": "SSE41",
+        "MKL_ENABLE_INSTRUCTIONS": "SSE4_2",
+        "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX,-AVX512F",
+        "NPY_DISABLE_CPU_FEATURES": "AVX2 FMA3 F16C AVX",
+    },
 }
-HASHED = ("models/pretrained.pt", "models/model.pt", "metrics/prepare.json", "metrics/pretrain.json",
-          "metrics/train.json", "metrics/evaluate.json")
+HASHED = (
+    "models/pretrained.pt",
+    "models/model.pt",
+    "metrics/prepare.json",
+    "metrics/pretrain.json",
+    "metrics/train.json",
+    "metrics/evaluate.json",
+)
 
 
 def scratch_copy(folder: Path, reproducible: bool, epochs_scale: float) -> None:
@@ -56,8 +71,9 @@ def run_stages(folder: Path, env: dict) -> dict[str, float]:
     times = {}
     for stage in STAGES:
         start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", f"stages.{stage}"], cwd=folder, env=env,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", f"stages.{stage}"], cwd=folder, env=env, capture_output=True, text=True
+        )
         times[stage] = time.perf_counter() - start
         if result.returncode:
             sys.exit(f"{stage} failed in {folder}:\n{result.stderr[-3000:]}")
@@ -72,7 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--caps", nargs="+", default=["avx2", "avx"], choices=list(CAPS))
     parser.add_argument("--modes", nargs="+", default=["pinned", "unpinned"], choices=["pinned", "unpinned"])
-    parser.add_argument("--epochs-scale", type=float, default=1.0, help="shrink pretrain/train epochs for a quick look")
+    parser.add_argument(
+        "--epochs-scale", type=float, default=1.0, help="shrink pretrain/train epochs for a quick look"
+    )
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as scratch:
@@ -85,29 +103,49 @@ def main() -> None:
                 times = run_stages(folder, env)
                 fingerprint = json.loads((folder / "metrics/environment/train.json").read_text())
                 evaluation = json.loads((folder / "metrics/evaluate.json").read_text())
-                results.append({"mode": mode, "cap": cap, "times": times, "kernels": fingerprint["kernel_isa"],
-                                "blas": fingerprint["blas"], "accuracy": evaluation["test_accuracy"],
-                                "hashes": {name: sha(folder / name) for name in HASHED}})
+                results.append(
+                    {
+                        "mode": mode,
+                        "cap": cap,
+                        "times": times,
+                        "kernels": fingerprint["kernel_isa"],
+                        "blas": fingerprint["blas"],
+                        "accuracy": evaluation["test_accuracy"],
+                        "hashes": {name: sha(folder / name) for name in HASHED},
+                    }
+                )
                 print(json.dumps(results[-1]), flush=True)
-    print(f"\n{'mode':9} {'cap':7} {'kernels':8} {'blas':15} {'pretrain s':>10} {'train s':>8} {'total s':>8} "
-          f"{'accuracy':>8}  pretrained.pt     model.pt          evaluate.json")
+    print(
+        f"\n{'mode':9} {'cap':7} {'kernels':8} {'blas':15} {'pretrain s':>10} {'train s':>8} {'total s':>8} "
+        f"{'accuracy':>8}  pretrained.pt     model.pt          evaluate.json"
+    )
     for r in results:
-        print(f"{r['mode']:9} {r['cap']:7} {r['kernels']:8} {r['blas']:15} {r['times']['pretrain']:10.1f} "
-              f"{r['times']['train']:8.1f} {sum(r['times'].values()):8.1f} {r['accuracy']:8.4f}  "
-              f"{r['hashes']['models/pretrained.pt']}  {r['hashes']['models/model.pt']}  "
-              f"{r['hashes']['metrics/evaluate.json']}")
+        print(
+            f"{r['mode']:9} {r['cap']:7} {r['kernels']:8} {r['blas']:15} {r['times']['pretrain']:10.1f} "
+            f"{r['times']['train']:8.1f} {sum(r['times'].values()):8.1f} {r['accuracy']:8.4f}  "
+            f"{r['hashes']['models/pretrained.pt']}  {r['hashes']['models/model.pt']}  "
+            f"{r['hashes']['metrics/evaluate.json']}"
+        )
     for mode in args.modes:
         runs = [r for r in results if r["mode"] == mode]
         differ = [name for name in HASHED if len({r["hashes"][name] for r in runs}) > 1]
-        print(f"{mode} across caps {', '.join(r['cap'] for r in runs)}: "
-              + (f"different bytes for {', '.join(differ)}" if differ else f"identical bytes for {', '.join(HASHED)}"))
+        print(
+            f"{mode} across caps {', '.join(r['cap'] for r in runs)}: "
+            + (
+                f"different bytes for {', '.join(differ)}"
+                if differ
+                else f"identical bytes for {', '.join(HASHED)}"
+            )
+        )
     native = {r["mode"]: r for r in results if r["cap"] == args.caps[0]}
     if {"pinned", "unpinned"} <= set(native):  # the cost on this processor as it is
         slow, fast = (sum(native[m]["times"].values()) for m in ("pinned", "unpinned"))
         pre_slow, pre_fast = (native[m]["times"]["pretrain"] for m in ("pinned", "unpinned"))
-        print(f"cost of reproducible mode at {args.caps[0]}: {slow:.0f} s against {fast:.0f} s unpinned "
-              f"({slow / fast:.2f}x); pretraining alone {pre_slow:.0f} s against {pre_fast:.0f} s "
-              f"({pre_slow / pre_fast:.2f}x)")
+        print(
+            f"cost of reproducible mode at {args.caps[0]}: {slow:.0f} s against {fast:.0f} s unpinned "
+            f"({slow / fast:.2f}x); pretraining alone {pre_slow:.0f} s against {pre_fast:.0f} s "
+            f"({pre_slow / pre_fast:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

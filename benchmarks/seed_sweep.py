@@ -26,7 +26,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {"pretrained": {}, "scratch": {"pretrain.source": "none", "train.freeze": "none", "train.lr": 0.001}}
+VARIANTS = {
+    "pretrained": {},
+    "scratch": {"pretrain.source": "none", "train.freeze": "none", "train.lr": 0.001},
+}
 
 
 def write_params(folder: Path, overrides: dict) -> None:
@@ -41,8 +44,9 @@ def write_params(folder: Path, overrides: dict) -> None:
 def stage(folder: Path, name: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{folder / 'mlflow.db'}"
-    result = subprocess.run([sys.executable, "-m", f"stages.{name}"], cwd=folder, env=env, capture_output=True,
-                            text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", f"stages.{name}"], cwd=folder, env=env, capture_output=True, text=True
+    )
     if result.returncode:
         sys.exit(f"{name} failed in {folder}:\n{result.stderr[-3000:]}")
 
@@ -65,9 +69,15 @@ def run_seed(scratch: Path, seed: int) -> list[dict]:
         stage(folder, "train")
         stage(folder, "evaluate")
         evaluation = json.loads((folder / "metrics/evaluate.json").read_text())
-        rows.append({"variant": variant, "seed": seed, "test_accuracy": evaluation["test_accuracy"],
-                     "test_f1_macro": evaluation["test_f1_macro"],
-                     "best_epoch": json.loads((folder / "metrics/train.json").read_text())["best_epoch"]})
+        rows.append(
+            {
+                "variant": variant,
+                "seed": seed,
+                "test_accuracy": evaluation["test_accuracy"],
+                "test_f1_macro": evaluation["test_f1_macro"],
+                "best_epoch": json.loads((folder / "metrics/train.json").read_text())["best_epoch"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -78,10 +88,18 @@ def summarize(rows: list[dict]) -> dict:
         for metric in ("test_accuracy", "test_f1_macro"):
             values = [r[metric] for r in rows if r["variant"] == variant]
             summary.setdefault(variant, {})[metric] = {
-                "mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "min": min(values), "max": max(values), "seeds": len(values)}
-    gains = [p["test_accuracy"] - s["test_accuracy"] for p, s in zip(
-        (r for r in rows if r["variant"] == "pretrained"), (r for r in rows if r["variant"] == "scratch"))]
+                "mean": statistics.fmean(values),
+                "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values),
+                "max": max(values),
+                "seeds": len(values),
+            }
+    gains = [
+        p["test_accuracy"] - s["test_accuracy"]
+        for p, s in zip(
+            (r for r in rows if r["variant"] == "pretrained"), (r for r in rows if r["variant"] == "scratch")
+        )
+    ]
     summary["gain_test_accuracy"] = {"mean": statistics.fmean(gains), "min": min(gains), "max": max(gains)}
     return summary
 
@@ -95,8 +113,13 @@ def main() -> None:
         rows = [row for seed in args.seeds for row in run_seed(Path(scratch), seed)]
     from imgcls.config.params import load_params
     from imgcls.provenance.inputs import params_hash
-    result = {"params_sha256": params_hash(load_params(ROOT / "params.yaml").as_dict()), "variants": VARIANTS,
-              "runs": rows, "summary": summarize(rows)}
+
+    result = {
+        "params_sha256": params_hash(load_params(ROOT / "params.yaml").as_dict()),
+        "variants": VARIANTS,
+        "runs": rows,
+        "summary": summarize(rows),
+    }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
 

@@ -44,7 +44,9 @@ from imgcls.serving.model import MAX_IMAGES, MAX_PIXELS, MAX_REQUEST_PIXELS
 
 
 def make_export(folder: Path, crop: int) -> None:
-    """The export stage's files for a random-weight ResNet-18 taking `crop` px, with a card naming their hashes."""
+    """The export stage's files for a random-weight ResNet-18 taking `crop` px, with a card naming their
+    hashes.
+    """
     folder.mkdir(parents=True)
     model = build_model("resnet18", 10).eval()
     example = torch.randn(2, 3, crop, crop)
@@ -60,6 +62,7 @@ def make_export(folder: Path, crop: int) -> None:
 def photo(megapixels: float, seed: int) -> bytes:
     """A camera-like JPEG (q90) of `megapixels`, 4:3, from the photos scikit-learn ships, upscaled."""
     from sklearn.datasets import load_sample_images
+
     base = load_sample_images().images[seed % 2]
     width = int((megapixels * 1e6 * 4 / 3) ** 0.5)
     image = Image.fromarray(base).resize((width, width * 3 // 4), Image.Resampling.BICUBIC)
@@ -70,22 +73,26 @@ def photo(megapixels: float, seed: int) -> bytes:
 
 def sparse_png(pixels: int, mode: str) -> bytes:
     """A PNG of a few KB that decodes to `pixels` pixels in `mode` (a line on a blank canvas)."""
-    side = int(pixels ** 0.5)
+    side = int(pixels**0.5)
     image = Image.new(mode, (side, side), 0)
-    ImageDraw.Draw(image).line((0, 0, side - 1, side - 1), fill=1 if mode == "1" else (255,) * len(mode), width=9)
+    ImageDraw.Draw(image).line(
+        (0, 0, side - 1, side - 1), fill=1 if mode == "1" else (255,) * len(mode), width=9
+    )
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True)
     return buffer.getvalue()
 
 
 def frame(images: list[bytes]) -> bytes:
-    return json.dumps({"dataframe_split": {"columns": ["image"],
-                                           "data": [[base64.b64encode(i).decode()] for i in images]}}).encode()
+    return json.dumps(
+        {"dataframe_split": {"columns": ["image"], "data": [[base64.b64encode(i).decode()] for i in images]}}
+    ).encode()
 
 
 def post(port: int, body: bytes) -> int:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=300) as answer:
             answer.read()
@@ -95,15 +102,30 @@ def post(port: int, body: bytes) -> int:
 
 
 def memory(pid: int) -> dict[str, float]:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+    )
     return {key: int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM")}
 
 
 def start(model: Path, port: int, log: Path, max_body_mb: float) -> subprocess.Popen:
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(model), "--port", str(port),
-                                   "--max-body-mb", str(max_body_mb)], cwd=log.parent, stdout=out,
-                                  stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "imgcls",
+                "serve",
+                str(model),
+                "--port",
+                str(port),
+                "--max-body-mb",
+                str(max_body_mb),
+            ],
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -124,18 +146,29 @@ def worst_requests(args) -> list[tuple[str, list[bytes]]]:
     camera = photo(args.photo_mp, 0)
     photos = int(min(body_bytes // len(camera), MAX_REQUEST_PIXELS // (args.photo_mp * 1e6), MAX_IMAGES))
     per_image = min(MAX_PIXELS, MAX_REQUEST_PIXELS // 5)
-    return [(f"{photos} camera photos of {args.photo_mp:g} MP ({len(camera) / 2**20:.1f} MB each)", [camera] * photos),
-            (f"5 RGBA PNGs of {per_image / 1e6:.0f} MP (the budget, {len(sparse_png(per_image, 'RGBA')) // 1024} KB "
-             "each)", [sparse_png(per_image, "RGBA")] * 5),
-            (f"{MAX_IMAGES} small PNGs (the most rows)", [sparse_png(64 * 64, "RGB")] * MAX_IMAGES),
-            ("24 1-bit PNGs of 36 MP (over the budget: refused from their headers)",
-             [sparse_png(36_000_000, "1")] * 24)]
+    return [
+        (
+            f"{photos} camera photos of {args.photo_mp:g} MP ({len(camera) / 2**20:.1f} MB each)",
+            [camera] * photos,
+        ),
+        (
+            f"5 RGBA PNGs of {per_image / 1e6:.0f} MP (the budget, "
+            f"{len(sparse_png(per_image, 'RGBA')) // 1024} KB "
+            "each)",
+            [sparse_png(per_image, "RGBA")] * 5,
+        ),
+        (f"{MAX_IMAGES} small PNGs (the most rows)", [sparse_png(64 * 64, "RGB")] * MAX_IMAGES),
+        (
+            "24 1-bit PNGs of 36 MP (over the budget: refused from their headers)",
+            [sparse_png(36_000_000, "1")] * 24,
+        ),
+    ]
 
 
 def steady_load(port: int, pid: int, requests: int, clients: int) -> None:
     """`requests` requests of 1-4 photos (500x375 JPEG) from `clients` threads; memory sampled as they go."""
     small = [photo(0.1875, seed) for seed in range(2)]
-    bodies = [frame(small[:1 + i % 2] * (1 + i % 2)) for i in range(4)]
+    bodies = [frame(small[: 1 + i % 2] * (1 + i % 2)) for i in range(4)]
     statuses, samples, lock = [], [], threading.Lock()
 
     def client(number: int) -> None:
@@ -145,6 +178,7 @@ def steady_load(port: int, pid: int, requests: int, clients: int) -> None:
                 statuses.append(status)
                 if len(statuses) % max(1, requests // 8) == 0:
                     samples.append(memory(pid)["VmRSS"])
+
     start_s = time.perf_counter()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
     for thread in threads:
@@ -152,8 +186,11 @@ def steady_load(port: int, pid: int, requests: int, clients: int) -> None:
     for thread in threads:
         thread.join()
     errors = sum(status != 200 for status in statuses)
-    print(f"steady load: {len(statuses)} requests from {clients} clients in {time.perf_counter() - start_s:.1f} s, "
-          f"{errors} errors; server RSS (MiB) as they went: {', '.join(f'{s:.0f}' for s in samples)}")
+    print(
+        f"steady load: {len(statuses)} requests from {clients} clients in "
+        f"{time.perf_counter() - start_s:.1f} s, "
+        f"{errors} errors; server RSS (MiB) as they went: {', '.join(f'{s:.0f}' for s in samples)}"
+    )
 
 
 def main() -> None:
@@ -162,9 +199,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--photo-mp", type=float, default=12.0, help="camera photo size in megapixels")
-    parser.add_argument("--max-body-mb", type=float, default=16.0, help="the server's body limit (its default)")
+    parser.add_argument(
+        "--max-body-mb", type=float, default=16.0, help="the server's body limit (its default)"
+    )
     args = parser.parse_args()
     from imgcls.provenance.registry import save_served_model
+
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export"
         make_export(export, args.crop)
@@ -176,9 +216,13 @@ def main() -> None:
         try:
             post(port, frame([photo(0.1875, 0)]))
             idle = memory(server.pid)["VmRSS"]
-            print(f"ResNet-18 at {args.crop} px, served by python -m imgcls serve (body limit {args.max_body_mb:g} MB, "
-                  f"{MAX_REQUEST_PIXELS / 1e6:.0f} MP a request, {MAX_PIXELS / 1e6:.0f} MP an image); server RSS "
-                  f"after one request: {idle:.0f} MiB")
+            print(
+                f"ResNet-18 at {args.crop} px, served by python -m imgcls serve (body limit "
+                f"{args.max_body_mb:g} MB, "
+                f"{MAX_REQUEST_PIXELS / 1e6:.0f} MP a request, {MAX_PIXELS / 1e6:.0f} MP an image); server "
+                "RSS "
+                f"after one request: {idle:.0f} MiB"
+            )
             for name, images in worst_requests(args):
                 body = frame(images)
                 Path(f"/proc/{server.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
@@ -188,11 +232,17 @@ def main() -> None:
                 seconds = time.perf_counter() - start_s
                 time.sleep(0.5)  # the server hands memory back after it has answered
                 after = memory(server.pid)
-                print(f"{name}: body {len(body) / 2**20:.1f} MB, HTTP {status} in {seconds:.2f} s; peak RSS "
-                      f"{after['VmHWM']:.0f} MiB (+{after['VmHWM'] - before:.0f} over the {before:.0f} before), "
-                      f"after {after['VmRSS']:.0f} MiB")
+                print(
+                    f"{name}: body {len(body) / 2**20:.1f} MB, HTTP {status} in {seconds:.2f} s; peak RSS "
+                    f"{after['VmHWM']:.0f} MiB (+{after['VmHWM'] - before:.0f} over the {before:.0f} "
+                    "before), "
+                    f"after {after['VmRSS']:.0f} MiB"
+                )
             steady_load(port, server.pid, args.requests, args.clients)
-            print(f"server peak RSS over the whole run: {memory(server.pid)['VmHWM']:.0f} MiB (since the last reset)")
+            print(
+                f"server peak RSS over the whole run: {memory(server.pid)['VmHWM']:.0f} MiB (since the last "
+                "reset)"
+            )
         finally:
             server.terminate()
             server.wait(timeout=60)

@@ -13,8 +13,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-COMMANDS = {"predict": "imgcls.serving.predict", "serve": "imgcls.serving.server",
-            "lineage": "imgcls.provenance.lineage", "reproduce": "imgcls.provenance.reproduce"}
+COMMANDS = {
+    "predict": "imgcls.serving.predict",
+    "serve": "imgcls.serving.server",
+    "lineage": "imgcls.provenance.lineage",
+    "reproduce": "imgcls.provenance.reproduce",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,8 @@
 """Files: writing what the stages produce, hashing files, and file names as text.
 
-Writes are atomic (a temporary file or folder, then a rename), so a kill, a
-full disk or a failure half-way never leaves a truncated file or a half-written folder behind, and the previous
-output stays until the new one is whole; JSON that is always valid (no NaN or Infinity).
+Writes are atomic (a temporary file or folder, then a rename), so a kill, a full disk or a failure half-way
+never leaves a truncated file or a half-written folder behind, and the previous output stays until the new one
+is whole; JSON that is always valid (no NaN or Infinity).
 
 Temporary names are `.<name>.partial-<pid>` beside the output (ignored by git)."""
 
@@ -25,21 +25,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")  # the suffix some savers check
+    temporary = path.with_name(
+        f".{path.stem}.partial-{os.getpid()}{path.suffix}"
+    )  # the suffix some savers check
     try:
         yield temporary
         os.replace(temporary, path)
     except OSError as error:
-        raise OSError(error.errno, f"cannot write {path}: {error.strerror or error}. Free space or fix "
-                                   "permissions, then run the stage again") from error
+        raise OSError(
+            error.errno,
+            f"cannot write {path}: {error.strerror or error}. Free space or fix "
+            "permissions, then run the stage again",
+        ) from error
     finally:
         temporary.unlink(missing_ok=True)
 
 
 @contextmanager
 def replace_folder(path: str | Path) -> Iterator[Path]:
-    """A new, empty folder to fill; it replaces `path` (whose old contents are then deleted) only when the block
-    succeeds. On any failure the new folder is deleted and `path` is left as it was."""
+    """A new, empty folder to fill; it replaces `path` (whose old contents are then deleted) only when the
+    block succeeds. On any failure the new folder is deleted and `path` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     new, old = (path.with_name(f".{path.name}.partial-{os.getpid()}{kind}") for kind in ("", "-old"))
@@ -63,7 +68,9 @@ def replace_folder(path: str | Path) -> Iterator[Path]:
 
 
 def write_figure(path: str | Path, figure) -> Path:
-    """A matplotlib figure as PNG, without the library version in its metadata (the bytes depend on the plot only)."""
+    """A matplotlib figure as PNG, without the library version in its metadata (the bytes depend on the plot
+    only).
+    """
     with atomic_path(path) as temporary:
         figure.savefig(temporary, format="png", dpi=110, metadata={"Software": None})
     return Path(path)
@@ -79,8 +86,10 @@ def write_json(path: str | Path, data) -> None:
     try:
         text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False)
     except ValueError:
-        raise ValueError(f"{path}: refusing to write a value that is not finite (NaN or infinity): "
-                         f"{_first_non_finite(data)}") from None
+        raise ValueError(
+            f"{path}: refusing to write a value that is not finite (NaN or infinity): "
+            f"{_first_non_finite(data)}"
+        ) from None
     write_text(path, text + "\n")
 
 
@@ -105,8 +114,10 @@ def write_csv(path: str | Path, fields: list[str], rows: list[dict], spreadsheet
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     if spreadsheet:
-        rows = [{k: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_START) else v for k, v in row.items()}
-                for row in rows]
+        rows = [
+            {k: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_START) else v for k, v in row.items()}
+            for row in rows
+        ]
     writer.writerows(rows)
     with atomic_path(path) as temporary:
         temporary.write_text(buffer.getvalue(), encoding="utf-8", newline="")
@@ -126,8 +137,8 @@ def write_serialized(path: str | Path, save: Callable[[io.BytesIO], None]) -> No
 
 
 def printable(name: str) -> str:
-    """A file name as text: bytes that are not UTF-8 (which Python keeps as lone surrogates) become `\\xNN`, so
-    the name can be written to CSV, JSON and logs and still shows the byte."""
+    """A file name as text: bytes that are not UTF-8 (which Python keeps as lone surrogates) become `\\xNN`,
+    so the name can be written to CSV, JSON and logs and still shows the byte."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 

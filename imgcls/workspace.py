@@ -20,28 +20,35 @@ class OutsideWorkspace(ValueError):
 
 
 def check_outputs(stage: str, root: Path) -> None:
-    """Refuse to run `stage` unless every path it writes (imgcls.config.layout) is declared for it in dvc.yaml, lies
-    inside the repository once symlinks are resolved, and, where DVC caches it, holds no file git tracks."""
+    """Refuse to run `stage` unless every path it writes (imgcls.config.layout) is declared for it in
+    dvc.yaml, lies inside the repository once symlinks are resolved, and, where DVC caches it, holds no file
+    git tracks."""
     root = root.resolve()
     declared = declared_outputs(root / "dvc.yaml", stage)
     ours = layout.outputs(stage)
     if declared is not None and sorted(declared) != sorted(ours):
         raise OutsideWorkspace(
             f"dvc.yaml declares {sorted(declared)} as the outputs of stage {stage}, but the stage writes "
-            f"{sorted(ours)}: DVC deletes what dvc.yaml declares, so the two must be the same. Restore dvc.yaml's "
-            f"outs for {stage} (`git checkout dvc.yaml`)")
+            f"{sorted(ours)}: DVC deletes what dvc.yaml declares, so the two must be the same. Restore "
+            "dvc.yaml's "
+            f"outs for {stage} (`git checkout dvc.yaml`)"
+        )
     for path in ours:
         where = (root / path).resolve()
         if where == root or not where.is_relative_to(root):
-            raise OutsideWorkspace(f"{path} resolves to {where}, outside the repository {root} (a symlink on the "
-                                   f"way?): stage {stage} deletes and rewrites it. Remove the link so that {path} "
-                                   "is a plain folder or file inside the repository")
+            raise OutsideWorkspace(
+                f"{path} resolves to {where}, outside the repository {root} (a symlink on the "
+                f"way?): stage {stage} deletes and rewrites it. Remove the link so that {path} "
+                "is a plain folder or file inside the repository"
+            )
     tracked = git_tracked(root, layout.CACHED[stage])
     if tracked:
         raise OutsideWorkspace(
-            f"git tracks {', '.join(tracked[:5])}{' ...' if len(tracked) > 5 else ''}, inside an output of stage "
+            f"git tracks {', '.join(tracked[:5])}{' ...' if len(tracked) > 5 else ''}, inside an output of "
+            "stage "
             f"{stage} that DVC deletes and rewrites and keeps in its own cache. Take it out of git "
-            f"(`git rm -r --cached {tracked[0]}` and commit), or move your own files elsewhere")
+            f"(`git rm -r --cached {tracked[0]}` and commit), or move your own files elsewhere"
+        )
 
 
 def declared_outputs(dvc_yaml: Path, stage: str) -> list[str] | None:
@@ -62,9 +69,9 @@ class StageBusy(RuntimeError):
 
 @contextmanager
 def one_stage_at_a_time(stage: str, root: Path) -> Iterator[None]:
-    """Hold the workspace's stage lock while `stage` runs: a second stage started by hand while `dvc repro` runs
-    one (or two by hand) would write the same outputs at once. The lock lives in DVC's own temporary folder;
-    `dvc exp run --temp/--queue` copies have their own. No DVC folder, no lock."""
+    """Hold the workspace's stage lock while `stage` runs: a second stage started by hand while `dvc repro`
+    runs one (or two by hand) would write the same outputs at once. The lock lives in DVC's own temporary
+    folder; `dvc exp run --temp/--queue` copies have their own. No DVC folder, no lock."""
     dvc = root / ".dvc"
     if not dvc.is_dir():
         yield
@@ -76,8 +83,10 @@ def one_stage_at_a_time(stage: str, root: Path) -> Iterator[None]:
         except BlockingIOError:
             lock.seek(0)
             holder = lock.read().strip() or "another process"
-            raise StageBusy(f"stage {holder} is running in this workspace ({root}); wait for it to end, or stop "
-                            f"it, before running stage {stage}") from None
+            raise StageBusy(
+                f"stage {holder} is running in this workspace ({root}); wait for it to end, or stop "
+                f"it, before running stage {stage}"
+            ) from None
         lock.seek(0)
         lock.truncate()
         lock.write(f"{stage} (pid {os.getpid()})")

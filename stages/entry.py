@@ -30,6 +30,7 @@ USER_ERRORS = (ValueError, OSError, RuntimeError)
 class StageContext:
     """What a stage needs besides its params, built once: the repository root and, for a stage that computes,
     the device and memory layout its tensors use (prepare computes nothing with torch)."""
+
     stage: str
     params: Params
     root: Path
@@ -39,17 +40,26 @@ class StageContext:
     def write_fingerprint(self, device: torch.device | None = None) -> dict:
         """This process's machine fingerprint, written to metrics/environment/<stage>.json; returns it."""
         from imgcls.engine import runtime
+
         return runtime.write_fingerprint(self.stage, device or self.device, self.params.runtime.reproducible)
 
 
-def build_context(stage: str, params: Params, root: Path | None = None, computes: bool = True) -> StageContext:
+def build_context(
+    stage: str, params: Params, root: Path | None = None, computes: bool = True
+) -> StageContext:
     """The context of `stage` (tests build one too); torch is imported only for a stage that computes."""
     root = root or Path.cwd()
     if not computes:
         return StageContext(stage, params, root)
     from imgcls.engine import runtime
-    return StageContext(stage, params, root, runtime.resolve_device(params.runtime.device),
-                        runtime.memory_format(params.runtime.channels_last))
+
+    return StageContext(
+        stage,
+        params,
+        root,
+        runtime.resolve_device(params.runtime.device),
+        runtime.memory_format(params.runtime.channels_last),
+    )
 
 
 class Terminated(KeyboardInterrupt):
@@ -64,10 +74,14 @@ def stage_main(run: Callable[[StageContext], dict], computes: bool = True) -> No
     """Run a stage as a process, from the repository root (where DVC runs it): params read and checked, the
     stage's outputs confined to what it declares, one stage at a time, a committed tree, and torch set up
     (runtime.pin) before the stage touches a tensor."""
-    stage = run.__globals__["__spec__"].name.rsplit(".", 1)[-1]  # `python -m stages.train`: its module is __main__
+    stage = run.__globals__["__spec__"].name.rsplit(".", 1)[
+        -1
+    ]  # `python -m stages.train`: its module is __main__
     rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None  # a torchrun rank
-    logging.basicConfig(level=logging.INFO if rank in (None, "0") else logging.WARNING,
-                        format=f"%(asctime)s {'' if rank is None else f'[rank {rank}] '}%(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if rank in (None, "0") else logging.WARNING,
+        format=f"%(asctime)s {'' if rank is None else f'[rank {rank}] '}%(name)s %(message)s",
+    )
     signal.signal(signal.SIGTERM, _terminate)
     try:
         params = load_params()
@@ -78,8 +92,12 @@ def stage_main(run: Callable[[StageContext], dict], computes: bool = True) -> No
             check_committed(params.runtime.allow_dirty, layout.all_outputs())  # before any work, not after it
             if computes:
                 from imgcls.engine import runtime
-                runtime.pin(params.runtime.reproducible, params.runtime.threads,
-                            runtime.resolve_device(params.runtime.device))
+
+                runtime.pin(
+                    params.runtime.reproducible,
+                    params.runtime.threads,
+                    runtime.resolve_device(params.runtime.device),
+                )
             run(build_context(stage, params, root, computes))
     except USER_ERRORS as error:
         if os.environ.get("PIPELINE_TRACEBACK"):

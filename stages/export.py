@@ -22,8 +22,9 @@ log = logging.getLogger("export")
 
 
 def run(context: StageContext) -> dict:
-    """Export, prove parity on real test images, describe it all in a card, and register it last. The new export
-    replaces models/export only when all of that succeeded; a failure leaves the previous one as it was."""
+    """Export, prove parity on real test images, describe it all in a card, and register it last. The new
+    export replaces models/export only when all of that succeeded; a failure leaves the previous one as it
+    was."""
     params, cfg = context.params, context.params.export
     git = git_state(layout.all_outputs())  # the entry point refused a dirty tree unless runtime.allow_dirty
     client = store.connect(params.tracking.timeout)
@@ -41,18 +42,36 @@ def run(context: StageContext) -> dict:
         write_json(out / CALIBRATION_FILE, calibration_record())
         environment = runtime.fingerprint(torch.device("cpu"), params.runtime.reproducible)
         git |= {"train_commit": trained.data.tags.get("git_commit", "")}  # where the model was trained
-        card = model_card(params, checkpoint, parity, {"name": cfg.registered_model, "run_id": run_id}, git, out,
-                          environment)
+        card = model_card(
+            params,
+            checkpoint,
+            parity,
+            {"name": cfg.registered_model, "run_id": run_id},
+            git,
+            out,
+            environment,
+        )
         card_sha = write_card(out, card)
         run_outputs.log_card(client, run_id, out, parity, card, card_sha)
         registered = registry.register(client, params, out, run_id, card, card_sha)  # last: always complete
-        write_json(out / "registry.json", registered)  # informational: the card is found from the version by hash
+        write_json(
+            out / "registry.json", registered
+        )  # informational: the card is found from the version by hash
     for name, figures in parity.items():
-        log.info("%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f", name,
-                 figures["images"], figures["max_abs_diff"], figures["top1_agreement"])
-    log.info("%s %s version %s: %s", "reused" if registered["reused"] else "registered", registered["name"],
-             registered["version"], ui_links.version_link(store.tracking_uri(), registered["name"],
-                                                           registered["version"]))
+        log.info(
+            "%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f",
+            name,
+            figures["images"],
+            figures["max_abs_diff"],
+            figures["top1_agreement"],
+        )
+    log.info(
+        "%s %s version %s: %s",
+        "reused" if registered["reused"] else "registered",
+        registered["name"],
+        registered["version"],
+        ui_links.version_link(store.tracking_uri(), registered["name"], registered["version"]),
+    )
     return {"parity": parity, "registered": registered}
 
 

@@ -39,12 +39,20 @@ def run(context: StageContext) -> dict:
         write_lists(out, kept, excluded)
     # `data` names the folder: every row of `dvc exp show` says which data its metrics came from
     metrics = {"data": cfg.data, **summarize(kept, excluded, len(candidates) + len(skipped))}
-    report = {"counts": metrics.pop("counts"), "excluded_by_kind": metrics.pop("excluded_by_kind"),
-              "dropped_classes": dropped_classes}
+    report = {
+        "counts": metrics.pop("counts"),
+        "excluded_by_kind": metrics.pop("excluded_by_kind"),
+        "dropped_classes": dropped_classes,
+    }
     write_json(layout.PREPARE_METRICS, metrics)  # headline counts: what `dvc exp show` compares
     write_json(layout.PREPARE_REPORT, report)
-    log.info("prepared %d images (%d excluded) from %s in %.1f s", metrics["included"], metrics["excluded"],
-             " and ".join(str(f) for f in folders.values()), time.perf_counter() - start)
+    log.info(
+        "prepared %d images (%d excluded) from %s in %.1f s",
+        metrics["included"],
+        metrics["excluded"],
+        " and ".join(str(f) for f in folders.values()),
+        time.perf_counter() - start,
+    )
     return metrics | report
 
 

@@ -40,8 +40,13 @@ def run(context: StageContext) -> dict:
         provenance = {"source": "none", "origin": f"random init, torch.manual_seed({cfg.seed})"}
     save_checkpoint(layout.PRETRAINED, model, arch=arch, provenance=provenance)
     write_json(layout.PRETRAIN_METRICS, metrics)  # no timings: committed metrics must reproduce exactly
-    log.info("starting weights from %s -> %s (sha256 %s) in %.1f s", provenance["origin"], layout.PRETRAINED,
-             sha256_file(layout.PRETRAINED), time.perf_counter() - start)
+    log.info(
+        "starting weights from %s -> %s (sha256 %s) in %.1f s",
+        provenance["origin"],
+        layout.PRETRAINED,
+        sha256_file(layout.PRETRAINED),
+        time.perf_counter() - start,
+    )
     return {**metrics, "provenance": provenance}
 
 
@@ -50,17 +55,36 @@ def pretrain_on_dataset(context: StageContext) -> tuple[nn.Module, dict, dict]:
     params, device, memory = context.params, context.device, context.memory_format
     cfg = params.pretrain
     dataset = image_folder(cfg.data, train_transform(cfg.crop_size, cfg.crop_scale_min, True))
-    loader = make_loader(dataset, cfg.batch_size, shuffle=True, num_workers=params.runtime.num_workers,
-                         seed=cfg.seed)
+    loader = make_loader(
+        dataset, cfg.batch_size, shuffle=True, num_workers=params.runtime.num_workers, seed=cfg.seed
+    )
     model = build_model(params.model.arch, len(dataset.classes)).to(device, memory_format=memory)
-    recipe = Recipe(optimizer="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=0.0, warmup_epochs=1,
-                    epochs=cfg.epochs, label_smoothing=0.0, monitor=None, patience=cfg.epochs,
-                    frozen_backbone=False)
+    recipe = Recipe(
+        optimizer="adamw",
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=0.0,
+        warmup_epochs=1,
+        epochs=cfg.epochs,
+        label_smoothing=0.0,
+        monitor=None,
+        patience=cfg.epochs,
+        frozen_backbone=False,
+    )
     history, _ = fit(model, loader, None, recipe, device, memory_format=memory)
-    metrics = {"train_loss": history[-1]["train_loss"], "train_accuracy": history[-1]["train_accuracy"],
-               "images": len(dataset), "classes": len(dataset.classes)}
-    provenance = {"source": "dataset", "origin": f"pretrained from scratch on {cfg.data}",
-                  "classes": list(dataset.classes), "images": len(dataset), "epochs": cfg.epochs}
+    metrics = {
+        "train_loss": history[-1]["train_loss"],
+        "train_accuracy": history[-1]["train_accuracy"],
+        "images": len(dataset),
+        "classes": len(dataset.classes),
+    }
+    provenance = {
+        "source": "dataset",
+        "origin": f"pretrained from scratch on {cfg.data}",
+        "classes": list(dataset.classes),
+        "images": len(dataset),
+        "epochs": cfg.epochs,
+    }
     return model.cpu(), metrics, provenance
 
 

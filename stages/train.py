@@ -6,6 +6,7 @@ import json
 import logging
 import warnings
 from contextlib import nullcontext
+from functools import partial
 
 from imgcls.config import layout
 from imgcls.data.transforms import preprocessing_spec
@@ -30,8 +31,11 @@ def run(context: StageContext) -> dict:
     params, cfg = context.params, context.params.train.distributed
     if cfg.processes > 1 and not distributed.launched():
         store.connect(params.tracking.timeout)  # an unusable store fails here, before any rank starts
-        distributed.run_under_torchrun(distributed.torchrun_command(
-            "stages.train", cfg.nnodes, cfg.nproc_per_node, cfg.master_addr, cfg.master_port))
+        distributed.run_under_torchrun(
+            distributed.torchrun_command(
+                "stages.train", cfg.nnodes, cfg.nproc_per_node, cfg.master_addr, cfg.master_port
+            )
+        )
         return {}
     world, device = distributed.init(cfg.backend, context.device, cfg.timeout)
     try:
@@ -49,51 +53,60 @@ def train(context: StageContext, world: distributed.World, device) -> dict:
     seed_everything(cfg.seed)
     splits = training_splits(layout.PREPARED, cfg)
     classes = list(splits[0].classes)
-    model = starting_model(params.model.arch, classes, pretrained["state_dict"], cfg.freeze, layout.PRETRAINED)
+    model = starting_model(
+        params.model.arch, classes, pretrained["state_dict"], cfg.freeze, layout.PRETRAINED
+    )
     key = resume_key(params) if world.main else {}
     resume = distributed.broadcast_object(find_resume(layout.CHECKPOINT, key) if world.main else None)
     run_id = open_run(context, client, resume, pretrained["provenance"], device) if world.main else None
-    with runs.run_status(client, run_id) if world.main else nullcontext(), \
-            warnings.catch_warnings(record=True) as caught:
+    save = partial(save_state, layout.CHECKPOINT, meta={"key": key, "run_id": run_id})
+    hooks = (save, partial(runs.log_row, client, run_id)) if world.main else (None, None)  # checkpoint, log
+    memory = context.memory_format
+    with (
+        runs.run_status(client, run_id) if world.main else nullcontext(),
+        warnings.catch_warnings(record=True) as caught,
+    ):
         warnings.simplefilter("always")
-
-        def save(state: TrainState) -> None:
-            state.meta = {"key": key, "run_id": run_id}
-            save_state(layout.CHECKPOINT, state)
-
-        def log_epoch(row: dict) -> None:
-            runs.log_epoch_metrics(client, run_id, row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
-
-        def log_features(seconds: float) -> None:
-            runs.log_epoch_metrics(client, run_id, 0, {"feature_cache_s": seconds})
-        main = world.main
-        history, stopper, trained = fine_tune(model.to(device, memory_format=context.memory_format), splits,
-                                              params, device, context.memory_format, world, resume,
-                                              save if main else None, log_epoch if main else None,
-                                              log_features if main else None)
+        model = model.to(device, memory_format=memory)
+        history, stopper, trained = fine_tune(model, splits, params, device, memory, world, resume, *hooks)
         trained.load_state_dict(stopper.best_state)  # the head alone when it trained on cached features
-        metrics = {"best_epoch": stopper.best_epoch, f"best_{cfg.monitor}": stopper.best_value,
-                   "epochs_run": len(history)}
-        if main:
+        metrics = {
+            "best_epoch": stopper.best_epoch,
+            f"best_{cfg.monitor}": stopper.best_value,
+            "epochs_run": len(history),
+        }
+        if world.main:
             client.set_tag(run_id, "nondeterministic_ops", json.dumps(runtime.nondeterministic_ops(caught)))
             runs.log_epoch_metrics(client, run_id, stopper.best_epoch, metrics)
-            save_checkpoint(layout.MODEL, model, arch=params.model.arch, class_names=classes,
-                            preprocessing=preprocessing_spec(cfg.crop_size), params=params.as_dict(),
-                            provenance=pretrained["provenance"], best_epoch=stopper.best_epoch)  # no run id: same bytes
-            write_csv(layout.HISTORY, HISTORY_FIELDS, [{k: round(v, 6) if isinstance(v, float) else v
-                                                        for k, v in row.items()} for row in history])
+            save_checkpoint(
+                layout.MODEL,
+                model,
+                arch=params.model.arch,
+                class_names=classes,
+                preprocessing=preprocessing_spec(cfg.crop_size),
+                params=params.as_dict(),
+                provenance=pretrained["provenance"],
+                best_epoch=stopper.best_epoch,
+            )  # no run id: same bytes
+            write_csv(
+                layout.HISTORY,
+                HISTORY_FIELDS,
+                [{k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in history],
+            )
             write_json(layout.TRAIN_METRICS, metrics)
-            write_json(layout.RUN, {"run_id": run_id, "experiment_id": client.get_run(run_id).info.experiment_id,
-                                    "tracking_uri": store.portable_uri(store.tracking_uri())})
+            runs.write_run_file(client, run_id)
     distributed.barrier()  # no rank leaves (and tears the group down) before rank 0 has written
     return metrics
 
 
 def open_run(context: StageContext, client, resume: TrainState | None, weights: dict, device) -> str:
-    """The MLflow run this training goes into: the killed run it resumes, or a new one; says where to see it."""
+    """The MLflow run this training goes into: the killed run it resumes, or a new one; says where it is."""
     environment = context.write_fingerprint(device)
-    run_id = (runs.resume_run(client, resume) if resume else
-              runs.start_run(client, context.params, weights, environment).info.run_id)
+    run_id = (
+        runs.resume_run(client, resume)
+        if resume
+        else runs.start_run(client, context.params, weights, environment).info.run_id
+    )
     log.info("MLflow: %s", runs.links(client, run_id))
     return run_id
 

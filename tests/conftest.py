@@ -41,8 +41,9 @@ def make_image_folder(root: Path, counts: dict[str, int], size: int = 16, seed: 
 def tiny_params(data: str, source: str) -> dict:
     """The repo's params.yaml, shrunk to seconds of work on 16 px images."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["prepare"].update(data=data, test_data=data, image_size=16, min_per_class=5, val_fraction=0.2,
-                             test_fraction=0.25)
+    params["prepare"].update(
+        data=data, test_data=data, image_size=16, min_per_class=5, val_fraction=0.2, test_fraction=0.25
+    )
     params["pretrain"].update(data=source, crop_size=16, epochs=1, batch_size=16)
     params["train"].update(crop_size=16, epochs=2, batch_size=16, patience=2, warmup_epochs=0)
     params["runtime"].update(num_workers=0)
@@ -67,10 +68,12 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_server(command: list[str], url: str, cwd: Path, env: dict | None, log: Path,
-                 wait: float = 180) -> subprocess.Popen:
+def start_server(
+    command: list[str], url: str, cwd: Path, env: dict | None, log: Path, wait: float = 180
+) -> subprocess.Popen:
     """Start a server process and return it once `url` answers. Its output goes to `log` (a pipe nobody reads
-    would block a chatty server once full); if it exits first or never answers, the error holds the log's end."""
+    would block a chatty server once full); if it exits first or never answers, the error holds the log's
+    end."""
     with open(log, "w") as out:
         server = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + wait
@@ -86,11 +89,13 @@ def start_server(command: list[str], url: str, cwd: Path, env: dict | None, log:
     raise AssertionError(f"{command} did not answer {url} within {wait:.0f} s: {log.read_text()[-2000:]}")
 
 
-def attempt(command: list[str], cwd: Path, env: dict | None = None, timeout: float = 900
-            ) -> subprocess.CompletedProcess:
-    """Run a command to its end, bounded, whatever its exit code. Its output goes to files, not pipes: a daemon it
-    leaves behind (a DVC queue worker) inherits them and would hold a pipe open forever, never a file. Past
-    `timeout` seconds the command and its process group are killed and the test fails, quoting the output."""
+def attempt(
+    command: list[str], cwd: Path, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    """Run a command to its end, bounded, whatever its exit code. Its output goes to files, not pipes: a
+    daemon it leaves behind (a DVC queue worker) inherits them and would hold a pipe open forever, never a
+    file. Past `timeout` seconds the command and its process group are killed and the test fails, quoting the
+    output."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=err, start_new_session=True)
         timed_out = False
@@ -105,12 +110,15 @@ def attempt(command: list[str], cwd: Path, env: dict | None = None, timeout: flo
             file.seek(0)
             output.append(file.read().decode("utf-8", "replace"))
     if timed_out:
-        raise AssertionError(f"{command} ran past {timeout:.0f} s and was killed:\n{output[0][-3000:]}\n"
-                             f"{output[1][-3000:]}")
+        raise AssertionError(
+            f"{command} ran past {timeout:.0f} s and was killed:\n{output[0][-3000:]}\n{output[1][-3000:]}"
+        )
     return subprocess.CompletedProcess(command, process.returncode, *output)
 
 
-def run(command: list[str], cwd: Path, env: dict | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+def run(
+    command: list[str], cwd: Path, env: dict | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """`attempt` a command that must succeed."""
     result = attempt(command, cwd, env, timeout)
     assert result.returncode == 0, f"{command} failed:\n{result.stdout}\n{result.stderr}"
@@ -119,7 +127,8 @@ def run(command: list[str], cwd: Path, env: dict | None = None, timeout: float =
 
 def end_processes_in(folder: Path, grace: float = 10) -> list[int]:
     """End every process whose working folder lies in `folder` (daemons a test started there: DVC queue
-    workers detach with setsid, so only where they run finds them): SIGTERM, then SIGKILL. Returns their PIDs."""
+    workers detach with setsid, so only where they run finds them): SIGTERM, then SIGKILL. Returns their
+    PIDs."""
     folder, found = folder.resolve(), []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -144,9 +153,13 @@ def end_processes_in(folder: Path, grace: float = 10) -> list[int]:
 @pytest.fixture(scope="session", autouse=True)
 def repository_left_as_found():
     """No test may write into this repository (its committed reference results above all)."""
+
     def status() -> str:
-        return "".join(subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout
-                       for command in (["status", "--porcelain", "--untracked-files=all"], ["diff"]))
+        return "".join(
+            subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout
+            for command in (["status", "--porcelain", "--untracked-files=all"], ["diff"])
+        )
+
     before = status()
     yield
     assert status() == before, f"tests changed files of the repository:\n{status()}"
@@ -164,18 +177,23 @@ def pipeline_repo(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
     end_processes_in(tmp_path)  # whatever the test left running there
 
 
-# The modules whose tests use trained_repo, in two groups. pytest-xdist runs each group on one worker, in order
-# (their xdist_group marks are lost under pytest 9, whose node ids xdist 3.8 can no longer suffix). A worker
-# builds its own trained repo (a session fixture), so two groups cost one more tiny `dvc repro` (~2 min) and
-# let CI's two workers each take about half of the ~19 min these tests take in all.
-TRAINED_REPO_GROUPS = {"tests/test_lineage.py": "trained_repo", "tests/test_pipeline.py": "trained_repo",
-                       "tests/test_serving.py": "trained_repo", "tests/test_team.py": "trained_repo_b",
-                       "tests/test_ui.py": "trained_repo_b", "tests/test_predict.py": "trained_repo_b"}
+# The modules whose tests use trained_repo, in two groups. pytest-xdist runs each group on one worker, in
+# order (their xdist_group marks are lost under pytest 9, whose node ids xdist 3.8 can no longer suffix). A
+# worker builds its own trained repo (a session fixture), so two groups cost one more tiny `dvc repro` (~2
+# min) and let CI's two workers each take about half of the ~19 min these tests take in all.
+TRAINED_REPO_GROUPS = {
+    "tests/test_lineage.py": "trained_repo",
+    "tests/test_pipeline.py": "trained_repo",
+    "tests/test_serving.py": "trained_repo",
+    "tests/test_team.py": "trained_repo_b",
+    "tests/test_ui.py": "trained_repo_b",
+    "tests/test_predict.py": "trained_repo_b",
+}
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Load balancing, one test at a time, except each group of trained_repo modules, which is one unit of work
-    (the largest units start first)."""
+    """Load balancing, one test at a time, except each group of trained_repo modules, which is one unit of
+    work (the largest units start first)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedRepoScheduling(LoadScopeScheduling):
@@ -190,7 +208,8 @@ def trained_repo(tmp_path_factory) -> Iterator[tuple[Path, dict]]:
     """A pipeline repo after one `dvc repro`, shared by every test that starts from a trained pipeline (one
     tiny run costs about two minutes, mostly imports and export). A test may change params, but leaves the
     repo consistent: outputs match dvc.lock, the tree is committed. Its MLflow store keeps every test's runs,
-    so tests look for their own runs, not at counts. The first repro's output is in first_repro.txt beside it."""
+    so tests look for their own runs, not at counts. The first repro's output is in first_repro.txt beside
+    it."""
     repo, env = build_pipeline_repo(tmp_path_factory.mktemp("trained") / "repo")
     first = run(["dvc", "repro"], repo, env)
     (repo.parent / "first_repro.txt").write_text(first.stdout + first.stderr)
@@ -213,14 +232,21 @@ def build_pipeline_repo(repo: Path) -> tuple[Path, dict]:
         shutil.copytree(ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
     make_image_folder(repo / "data" / "target", {"red": 12, "green": 12, "blue": 12}, seed=1)
     make_image_folder(repo / "data" / "source", {"a": 8, "b": 8}, seed=2)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params("data/target", "data/source"), sort_keys=False))
+    (repo / "params.yaml").write_text(
+        yaml.safe_dump(tiny_params("data/target", "data/source"), sort_keys=False)
+    )
     (repo / ".gitignore").write_text((ROOT / ".gitignore").read_text())
     env = clean_env()
-    for command in (["git", "init", "-q"], ["git", "config", "user.email", "t@example.com"],
-                    ["git", "config", "user.name", "test"], ["dvc", "init", "-q"],
-                    ["dvc", "config", "core.analytics", "false"],
-                    ["cp", str(ROOT / ".dvc" / "plots_offline.html"), ".dvc/"],
-                    ["dvc", "config", "plots.html_template", "plots_offline.html"], ["git", "add", "-A"],
-                    ["git", "commit", "-qm", "tiny pipeline"]):
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "config", "user.email", "t@example.com"],
+        ["git", "config", "user.name", "test"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["cp", str(ROOT / ".dvc" / "plots_offline.html"), ".dvc/"],
+        ["dvc", "config", "plots.html_template", "plots_offline.html"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "tiny pipeline"],
+    ):
         run(command, repo, env)
     return repo, env

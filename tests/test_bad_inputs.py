@@ -42,8 +42,17 @@ def in_workspace(tmp_path, monkeypatch):
 
 
 def params_for(tmp_path, data, **changes):
-    values = {"data": str(data), "image_size": 16, "min_per_class": 4, "min_size": 8, "workers": 1,
-              "test_data": str(data), "val_fraction": 0.15, "test_fraction": 0.2, **changes}
+    values = {
+        "data": str(data),
+        "image_size": 16,
+        "min_per_class": 4,
+        "min_size": 8,
+        "workers": 1,
+        "test_data": str(data),
+        "val_fraction": 0.15,
+        "test_fraction": 0.2,
+        **changes,
+    }
     return load_params(ROOT / "params.yaml", overrides={"prepare": values})
 
 
@@ -70,10 +79,17 @@ def picture(mode="RGB", size=(24, 20), seed=0) -> Image.Image:
 
 def bomb_png(width=60000, height=60000) -> bytes:
     """A tiny PNG whose header claims width x height pixels."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0"))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture
@@ -103,30 +119,50 @@ def test_every_bad_file_is_reported_and_nothing_is_lost(tmp_path, messy):
     metrics = prepare.run(build_context("prepare", params_for(tmp_path, messy), computes=False))
     kinds = excluded_kinds(tmp_path)
     assert kinds == {
-        "cats/empty.jpg": "empty_file", "cats/page.jpg": "not_image", "cats/noise.png": "not_image",
-        "cats/truncated.jpg": "corrupt", "cats/tiny.png": "too_small", "cats/bomb.png": "decompression_bomb",
-        "cats/.DS_Store": "hidden_file", "cats/Thumbs.db": "hidden_file", "cats/desktop.ini": "hidden_file",
-        "cats/._img000.png": "hidden_file", "cats/readme.txt": "not_image", "stray.png": "outside_class_folder",
-        ".ipynb_checkpoints/x.png": "hidden_folder"}
+        "cats/empty.jpg": "empty_file",
+        "cats/page.jpg": "not_image",
+        "cats/noise.png": "not_image",
+        "cats/truncated.jpg": "corrupt",
+        "cats/tiny.png": "too_small",
+        "cats/bomb.png": "decompression_bomb",
+        "cats/.DS_Store": "hidden_file",
+        "cats/Thumbs.db": "hidden_file",
+        "cats/desktop.ini": "hidden_file",
+        "cats/._img000.png": "hidden_file",
+        "cats/readme.txt": "not_image",
+        "stray.png": "outside_class_folder",
+        ".ipynb_checkpoints/x.png": "hidden_folder",
+    }
     included = manifest(tmp_path)
-    assert "cats/nested/deeper/inside.png" in included and included["cats/nested/deeper/inside.png"]["class"] == "cats"
+    assert (
+        "cats/nested/deeper/inside.png" in included
+        and included["cats/nested/deeper/inside.png"]["class"] == "cats"
+    )
     assert {row["class"] for row in included.values()} == {"cats", "dogs dogs", "ünïcödé"}
     assert len(included) + len(kinds) == metrics["input_files"] == len(before)
     assert metrics["excluded_by_kind"]["hidden_file"] == 4
     assert snapshot(messy) == before
-    first = (tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(), (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
+    first = (
+        (tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(),
+        (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes(),
+    )
     prepare.run(build_context("prepare", params_for(tmp_path, messy), computes=False))
-    assert ((tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(),
-            (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()) == first
+    assert (
+        (tmp_path / "data" / "prepared" / "excluded.csv").read_bytes(),
+        (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes(),
+    ) == first
 
 
 def test_on_bad_file_fail_lists_them_and_leaves_input_and_output_untouched(tmp_path, messy):
     before = snapshot(messy)
     prepare.run(build_context("prepare", params_for(tmp_path, messy), computes=False))
     prepared = snapshot(tmp_path / "data" / "prepared")
-    with pytest.raises(ValueError, match=r"(?s)6 unusable image\(s\).*cats/bomb.png: decompression bomb.*"
-                                         r"cats/empty.jpg: empty file.*cats/truncated.jpg: corrupt.*"
-                                         r"on_bad_file: skip.*data/prepared is unchanged"):
+    with pytest.raises(
+        ValueError,
+        match=r"(?s)6 unusable image\(s\).*cats/bomb.png: decompression bomb.*"
+        r"cats/empty.jpg: empty file.*cats/truncated.jpg: corrupt.*"
+        r"on_bad_file: skip.*data/prepared is unchanged",
+    ):
         prepare.run(build_context("prepare", params_for(tmp_path, messy, on_bad_file="fail"), computes=False))
     assert snapshot(messy) == before
     assert snapshot(tmp_path / "data" / "prepared") == prepared  # the last good output, whole
@@ -144,7 +180,9 @@ def test_unusual_valid_images_become_upright_rgb(tmp_path):
     frames = [picture(size=(30, 20), seed=s) for s in (1, 2)]
     files = {
         "gray.png": encoded(base.convert("L"), "PNG"),
-        "deep16.png": encoded(Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)), "PNG"),
+        "deep16.png": encoded(
+            Image.fromarray((np.arange(600).reshape(20, 30) * 100).astype(np.uint16)), "PNG"
+        ),
         "palette.png": encoded(palette, "PNG", transparency=0),
         "rgba.png": encoded(picture(size=(30, 20), seed=3).convert("RGBA"), "PNG"),  # lossless formats: other
         "cmyk.jpg": encoded(base.convert("CMYK"), "JPEG"),
@@ -172,7 +210,9 @@ def test_class_folders_empty_small_or_hidden(tmp_path):
     (root / "empty").mkdir()
     with pytest.raises(ValueError, match=r"min_per_class=4.*'empty': 0, 'small': 2.*small_classes: drop"):
         prepare.run(build_context("prepare", params_for(tmp_path, root), computes=False))
-    metrics = prepare.run(build_context("prepare", params_for(tmp_path, root, small_classes="drop"), computes=False))
+    metrics = prepare.run(
+        build_context("prepare", params_for(tmp_path, root, small_classes="drop"), computes=False)
+    )
     assert metrics["dropped_classes"] == {"empty": 0, "small": 2}
     assert set(metrics["counts"]["train"]) == {"big", "other"}
     assert list(excluded_kinds(tmp_path).values()) == ["small_class", "small_class"]
@@ -184,7 +224,11 @@ def test_duplicates_and_label_conflicts(tmp_path):
     (root / "b" / "clash.png").write_bytes((root / "a" / "img002.png").read_bytes())
     prepare.run(build_context("prepare", params_for(tmp_path, root), computes=False))
     kinds = excluded_kinds(tmp_path)
-    assert kinds == {"a/img001.png": "duplicate", "a/img002.png": "label_conflict", "b/clash.png": "label_conflict"}
+    assert kinds == {
+        "a/img001.png": "duplicate",
+        "a/img002.png": "label_conflict",
+        "b/clash.png": "label_conflict",
+    }
     assert len({row["sha256"] for row in manifest(tmp_path).values()}) == len(manifest(tmp_path))
     with pytest.raises(ValueError, match="a/img002.png, b/clash.png"):
         prepare.run(build_context("prepare", params_for(tmp_path, root, on_conflict="fail"), computes=False))

@@ -1,6 +1,6 @@
 """The benchmark scripts run and print their figures: the GPU run is one command on a borrowed machine, so a
-script that fails at its first line costs that machine's whole budget. Tiny sizes here; the figures are checked
-for shape and sense, not speed."""
+script that fails at its first line costs that machine's whole budget. Tiny sizes here; the figures are
+checked for shape and sense, not speed."""
 
 from __future__ import annotations
 
@@ -19,15 +19,42 @@ def script(name: str, *args: str, cwd=ROOT) -> str:
 
 def test_train_throughput_prints_every_figure(tmp_path):
     figures_file = tmp_path / "figures.json"
-    out = script("train_throughput.py", "--arch", "resnet18", "--size", "32", "--batch", "8", "--images", "48",
-                 "--workers", "1", "--threads", "1", "--json", str(figures_file))
-    for line in ("loader, one process on one thread", "loader, 1 workers", "seed's loop", "pipeline (prepared JPEG",
-                 "model-bound ceiling", "pipeline / ceiling", "pipeline / seed", "frozen backbone", "FLOPs per"):
+    out = script(
+        "train_throughput.py",
+        "--arch",
+        "resnet18",
+        "--size",
+        "32",
+        "--batch",
+        "8",
+        "--images",
+        "48",
+        "--workers",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+        str(figures_file),
+    )
+    for line in (
+        "loader, one process on one thread",
+        "loader, 1 workers",
+        "seed's loop",
+        "pipeline (prepared JPEG",
+        "model-bound ceiling",
+        "pipeline / ceiling",
+        "pipeline / seed",
+        "frozen backbone",
+        "FLOPs per",
+    ):
         assert line in out, f"missing {line!r} in:\n{out}"
     figures = json.loads(figures_file.read_text())
     rates = [*figures["loader_per_core"].values(), figures["pipeline"], figures["ceiling"], figures["seed"]]
     assert all(rate > 0 for rate in rates), figures
-    assert figures["quality"] == 95 and figures["kb_per_image"]["prepared_png"] > figures["kb_per_image"]["prepared"]
+    assert (
+        figures["quality"] == 95
+        and figures["kb_per_image"]["prepared_png"] > figures["kb_per_image"]["prepared"]
+    )
     assert figures["frozen"]["full_over_cached"] > 1
     assert 0.2 < figures["gflop_per_train_image"] < 0.24  # ResNet-18: 10.65 GFLOP at 224 px, 0.217 at 32 px
 
@@ -39,8 +66,14 @@ def test_prepare_throughput_prints_files_per_second():
 
 def test_serve_memory_prints_every_worst_request_and_the_steady_load():
     out = script("serve_memory.py", "--crop", "28", "--requests", "12", "--clients", "2", "--photo-mp", "1")
-    for line in ("camera photos of 1 MP", "5 RGBA PNGs of 40 MP", "256 small PNGs", "over the budget: refused",
-                 "steady load: 12 requests from 2 clients", "0 errors"):
+    for line in (
+        "camera photos of 1 MP",
+        "5 RGBA PNGs of 40 MP",
+        "256 small PNGs",
+        "over the budget: refused",
+        "steady load: 12 requests from 2 clients",
+        "0 errors",
+    ):
         assert line in out, f"missing {line!r} in:\n{out}"
     assert out.count("HTTP 200") == 3 and "HTTP 400" in out, out
     assert "traceback" not in out, out

@@ -19,7 +19,7 @@ from imgcls.evaluation.metrics import gaps
 
 
 def sampled(temperature: float, count: int = 4000, classes: int = 5, seed: int = 0):
-    """Logits, and labels drawn from softmax(logits / temperature): T is the temperature that calibrates them."""
+    """Logits, and labels drawn from softmax(logits / temperature): that T calibrates them."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(count, classes, generator=generator, dtype=torch.float64) * 3
     labels = torch.multinomial(torch.softmax(logits / temperature, 1), 1, generator=generator).flatten()
@@ -41,8 +41,9 @@ def test_fit_recovers_the_temperature_that_generated_the_labels(true_temperature
 
 
 def test_a_fit_that_cannot_be_trusted_falls_back_to_one_and_says_why():
-    """Val logits that are right and sure every time: the NLL falls as T shrinks, so the fit runs into the edge
-    of the search range. Exporting that T would call every prediction certain; T = 1 is exported instead."""
+    """Val logits that are right and sure every time: the NLL falls as T shrinks, so the fit runs into the
+    edge of the search range. Exporting that T would call every prediction certain; T = 1 is exported
+    instead."""
     labels = torch.arange(40) % 4
     logits = torch.nn.functional.one_hot(labels, 4).double() * 5.0
     result = calibrate(logits, labels, logits, labels, fit=True)
@@ -67,8 +68,10 @@ def test_ece_by_hand():
     labels = torch.tensor([0, 1, 0])
     rows = reliability(logits, labels)
     used = [row for row in rows if row["images"]]
-    assert [(row["images"], round(row["confidence"], 6), row["accuracy"]) for row in used] == [(1, 0.6, 1.0),
-                                                                                               (2, 0.9, 0.5)]
+    assert [(row["images"], round(row["confidence"], 6), row["accuracy"]) for row in used] == [
+        (1, 0.6, 1.0),
+        (2, 0.9, 0.5),
+    ]
     assert sum(row["images"] for row in rows) == 3 and len(rows) == 15
     assert expected_calibration_error(rows) == pytest.approx(1 / 3 * 0.4 + 2 / 3 * 0.4)
 
@@ -78,9 +81,12 @@ def test_gaps_list_lowest_recall_and_most_confused_pairs_with_counts():
     targets = [0, 0, 0, 0, 1, 1, 2, 2, 2, 3]
     predicted = [0, 1, 1, 2, 1, 1, 0, 2, 2, 3]
     found = gaps(targets, predicted, names, limit=2)
-    assert found["lowest_recall"] == {"a": {"rank": 1, "recall": 0.25, "correct": 1, "support": 4},
-                                      "c": {"rank": 2, "recall": 2 / 3, "correct": 2, "support": 3}}
+    assert found["lowest_recall"] == {
+        "a": {"rank": 1, "recall": 0.25, "correct": 1, "support": 4},
+        "c": {"rank": 2, "recall": 2 / 3, "correct": 2, "support": 3},
+    }
     assert found["confused_pairs"] == {
         "a -> b": {"rank": 1, "count": 2, "of_actual": 4, "share_of_actual": 0.5},
-        "a -> c": {"rank": 2, "count": 1, "of_actual": 4, "share_of_actual": 0.25}}
+        "a -> c": {"rank": 2, "count": 1, "of_actual": 4, "share_of_actual": 0.25},
+    }
     assert gaps([0, 1], [0, 1], ["x", "y"], 3)["confused_pairs"] == {}

@@ -22,10 +22,16 @@ def stage_code(stage: str) -> set[str]:
             continue
         seen.add(name)
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("stages", "imgcls"):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.split(".")[0] in ("stages", "imgcls")
+            ):
                 queue += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
             elif isinstance(node, ast.Import):
-                queue += [alias.name for alias in node.names if alias.name.split(".")[0] in ("stages", "imgcls")]
+                queue += [
+                    alias.name for alias in node.names if alias.name.split(".")[0] in ("stages", "imgcls")
+                ]
     return {name.replace(".", "/") + ".py" for name in seen}
 
 
@@ -45,7 +51,9 @@ def test_outputs_are_the_layouts_and_no_param_moves_them():
         for kind in ("outs", "metrics", "plots"):
             for entry in stage.get(kind) or []:
                 path = next(iter(entry)) if isinstance(entry, dict) else entry
-                assert "$" not in path, f"{name}: output {path} comes from params; DVC would delete wherever it points"
+                assert "$" not in path, (
+                    f"{name}: output {path} comes from params; DVC would delete wherever it points"
+                )
                 cached = entry[path].get("cache", True) if isinstance(entry, dict) else True
                 assert (path in layout.CACHED[name]) == cached, f"{name}: {path} cache: {cached}"
     inputs = re.findall(r"\$\{(\w+\.\w+)\}", (ROOT / "dvc.yaml").read_text())

@@ -21,7 +21,9 @@ def test_damaged_store_is_named_with_the_way_out(tmp_path, monkeypatch):
     (tmp_path / "mlflow.db").write_bytes(b"this is not sqlite" * 100)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    with pytest.raises(RuntimeError, match=r"mlflow.db cannot be used \(.*\); if .*mlflow.db is damaged, move it away"):
+    with pytest.raises(
+        RuntimeError, match=r"mlflow.db cannot be used \(.*\); if .*mlflow.db is damaged, move it away"
+    ):
         store.connect()
 
 
@@ -37,13 +39,28 @@ def full_disk(tmp_path):
 
 
 def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, full_disk, monkeypatch):
-    data = make_image_folder(tmp_path / "photos", {"a": 12, "b": 12}, size=256)  # noise: ~80 KB a prepared JPEG
+    data = make_image_folder(
+        tmp_path / "photos", {"a": 12, "b": 12}, size=256
+    )  # noise: ~80 KB a prepared JPEG
     monkeypatch.chdir(full_disk)  # data/prepared on the small disk
-    params = load_params(ROOT / "params.yaml", overrides={"prepare": {
-        "data": str(data), "test_data": str(data), "test_fraction": 0.2, "image_size": 256, "min_per_class": 3,
-        "workers": 1}})
-    with pytest.raises(OSError, match=r"cannot write data/\.prepared\.partial-\d+/\.staging/.*\.jpg "
-                                      r"\(decoded from .*photos/.*\): No space left on device\. Free space"):
+    params = load_params(
+        ROOT / "params.yaml",
+        overrides={
+            "prepare": {
+                "data": str(data),
+                "test_data": str(data),
+                "test_fraction": 0.2,
+                "image_size": 256,
+                "min_per_class": 3,
+                "workers": 1,
+            }
+        },
+    )
+    with pytest.raises(
+        OSError,
+        match=r"cannot write data/\.prepared\.partial-\d+/\.staging/.*\.jpg "
+        r"\(decoded from .*photos/.*\): No space left on device\. Free space",
+    ):
         prepare.run(build_context("prepare", params, computes=False))
     assert list((full_disk / "data").iterdir()) == []  # no staging, no partial output
 

@@ -1,7 +1,7 @@
 """The speed switches are wired in: uint8 batches normalised on the device give the serving transform's exact
 input, channels_last really reaches the model, the CUDA-only switches (fused AdamW, bf16 autocast, cuDNN
-autotuning in speed mode) are chosen for a CUDA device, and cached frozen-backbone features are exactly what the
-head sees."""
+autotuning in speed mode) are chosen for a CUDA device, and cached frozen-backbone features are exactly what
+the head sees."""
 
 from __future__ import annotations
 
@@ -12,9 +12,16 @@ from PIL import Image
 from imgcls.data.datasets import DecodedImages, check_memory, image_folder, read_image
 from imgcls.data.images import save_prepared
 from imgcls.data.loaders import make_loader
-from imgcls.data.transforms import eval_crop, eval_transform, preprocessing_spec, to_model_input, train_transform
+from imgcls.data.transforms import (
+    eval_crop,
+    eval_transform,
+    preprocessing_spec,
+    to_model_input,
+    train_transform,
+)
 from imgcls.engine import runtime
-from imgcls.engine.loop import autocast, fit
+from imgcls.engine.inference import autocast
+from imgcls.engine.loop import fit
 from imgcls.engine.recipe import Recipe, make_optimizer
 from imgcls.export.formats import export_program
 from imgcls.model.features import FeatureViews, backbone_features, head_of
@@ -39,13 +46,19 @@ def test_uint8_batches_normalised_on_the_device_equal_the_serving_transform(tmp_
 @pytest.mark.parametrize("scale_min, hflip", [(0.08, True), (1.0, True), (0.5, False)])
 def test_train_crop_draws_and_makes_what_the_composed_v2_transforms_do(scale_min, hflip):
     from torchvision.transforms import v2
+
     steps = [v2.ToImage(), v2.RandomResizedCrop(24, scale=(scale_min, 1.0), antialias=True)]
     composed = v2.Compose(steps + ([v2.RandomHorizontalFlip()] if hflip else []))
     crop = train_transform(24, scale_min, hflip)
     generator = torch.Generator().manual_seed(3)
-    images = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
-              for h, w in [(40, 56), (56, 40), (24, 24), (31, 200), (100, 100)] * 8]
-    images += [Image.fromarray(images[0].permute(1, 2, 0).numpy()), Image.fromarray(images[3].permute(1, 2, 0).numpy())]
+    images = [
+        torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator)
+        for h, w in [(40, 56), (56, 40), (24, 24), (31, 200), (100, 100)] * 8
+    ]
+    images += [
+        Image.fromarray(images[0].permute(1, 2, 0).numpy()),
+        Image.fromarray(images[3].permute(1, 2, 0).numpy()),
+    ]
     torch.manual_seed(7)
     expected = [composed(image) for image in images]
     after_composed = torch.rand(1)
@@ -95,6 +108,7 @@ def test_cached_views_are_drawn_per_image_and_epoch_from_the_seed():
     def epoch(number: int) -> torch.Tensor:
         loader.sampler.set_epoch(number)
         return torch.cat([features[:, 0] for features, _ in loader])
+
     first = epoch(1)
     assert torch.equal(first, epoch(1)) and not torch.equal(first, epoch(2))
     assert 0 < first.sum() < len(first)  # both views drawn
@@ -109,6 +123,7 @@ def test_images_decoded_into_ram_give_the_same_batches_as_the_files(tiny_folder)
         loader = make_loader(data, 8, True, workers, seed=3)
         loader.sampler.set_epoch(2)
         return [images for images, _ in loader]
+
     assert all(torch.equal(a, b) for a, b in zip(epoch(dataset, 0), epoch(cached, 2)))
     with pytest.raises(ValueError, match=r"train.cache_images: decoding .* more than half"):
         check_memory(2**62, "data/prepared/train")
@@ -118,12 +133,24 @@ def test_compiled_training_steps_leave_the_model_unwrapped():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
     data = [(torch.randint(0, 256, (4, 3, 2, 2), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))] * 2
-    recipe = Recipe(optimizer="adamw", lr=0.1, weight_decay=0.0, momentum=0.0, warmup_epochs=0, epochs=2,
-                    label_smoothing=0.0, monitor=None, patience=2, frozen_backbone=False)
+    recipe = Recipe(
+        optimizer="adamw",
+        lr=0.1,
+        weight_decay=0.0,
+        momentum=0.0,
+        warmup_epochs=0,
+        epochs=2,
+        label_smoothing=0.0,
+        monitor=None,
+        patience=2,
+        frozen_backbone=False,
+    )
     before = {k: v.clone() for k, v in model.state_dict().items()}
     history, _ = fit(model, FixedOrder(data), None, recipe, torch.device("cpu"), compile_model=True)
     assert len(history) == 2 and list(model.state_dict()) == ["1.weight", "1.bias"]  # no `_orig_mod.` prefix
-    assert not torch.equal(model.state_dict()["1.weight"], before["1.weight"])  # the compiled steps trained it
+    assert not torch.equal(
+        model.state_dict()["1.weight"], before["1.weight"]
+    )  # the compiled steps trained it
 
 
 class FixedOrder(list):

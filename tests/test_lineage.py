@@ -21,8 +21,16 @@ def lineage(repo, env) -> subprocess.CompletedProcess:
 
 def test_same_inputs_same_bytes_and_lineage_catches_swaps(trained_repo):
     repo, env = trained_repo
-    outputs = ["models/model.pt", "models/pretrained.pt", "metrics/evaluate.json", "metrics/train.json",
-               "metrics/prepare.json", "metrics/pretrain.json", "plots/train.csv", "plots/confusion.csv"]
+    outputs = [
+        "models/model.pt",
+        "models/pretrained.pt",
+        "metrics/evaluate.json",
+        "metrics/train.json",
+        "metrics/prepare.json",
+        "metrics/pretrain.json",
+        "plots/train.csv",
+        "plots/confusion.csv",
+    ]
     first = {p: digest(repo / p) for p in outputs}
     # A training stage forced to run again gives the same bytes, so nothing downstream is stale. (That the
     # whole pipeline does, from a clean clone, is test_reproduce's exact mode.)
@@ -64,10 +72,18 @@ def test_same_inputs_same_bytes_and_lineage_catches_swaps(trained_repo):
     card_path.write_text(json.dumps(card, indent=2))
     broken = lineage(repo, env)
     assert broken.returncode == 1 and "model_card_sha256 (card edited?)" in broken.stdout
-    for damaged, kind in [(b"", "empty"), (original.encode()[:200], "JSONDecodeError"), (b"\x89PNG\x00\xff", "")]:
+    for damaged, kind in [
+        (b"", "empty"),
+        (original.encode()[:200], "JSONDecodeError"),
+        (b"\x89PNG\x00\xff", ""),
+    ]:
         card_path.write_bytes(damaged)  # empty, truncated, binary: one line each, never a traceback
         broken = lineage(repo, env)
-        assert broken.returncode == 1 and "is not a readable model card" in broken.stdout and kind in broken.stdout
+        assert (
+            broken.returncode == 1
+            and "is not a readable model card" in broken.stdout
+            and kind in broken.stdout
+        )
         assert "Traceback" not in broken.stderr
     card_path.write_text(original)
     onnx = repo / "models/export/model.onnx"
@@ -97,7 +113,9 @@ def test_dirty_tree_is_refused_before_any_work(trained_repo):
         (repo / "scratch.py").unlink()
         (repo / "params.yaml").write_text(params)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
-    assert "uncommitted changes in scratch.py" in failed.stderr and "git add -A && git commit" in failed.stderr
+    assert (
+        "uncommitted changes in scratch.py" in failed.stderr and "git add -A && git commit" in failed.stderr
+    )
     assert "runtime.allow_dirty: true" in failed.stderr
     assert "excluded) from" not in failed.stderr  # prepare's own log line: it never started reading
     assert digest(repo / "data/prepared/manifest.csv") == manifest
@@ -111,8 +129,8 @@ def commit(repo, env, message: str) -> None:
 
 def test_an_export_only_rerun_keeps_lineage_true_and_changed_training_code_breaks_it(trained_repo):
     """A commit that touches export code re-runs export alone: the card's commit is newer than the run's, and
-    lineage proves train's definition, code and params did not change between the two. Export re-run by hand on
-    a commit whose train code changed is caught."""
+    lineage proves train's definition, code and params did not change between the two. Export re-run by hand
+    on a commit whose train code changed is caught."""
     repo, env = trained_repo
     commit(repo, env, "results")
     card_code, train_code = repo / "stages/model_card.py", repo / "stages/train.py"
@@ -134,7 +152,9 @@ def test_an_export_only_rerun_keeps_lineage_true_and_changed_training_code_break
         commit(repo, env, "train code too")
         run(["dvc", "repro", "--single-item", "export"], repo, env)  # export alone, over a stale model
         broken = lineage(repo, env)
-        assert broken.returncode == 1 and "train's code changed between them: stages/train.py" in broken.stdout
+        assert (
+            broken.returncode == 1 and "train's code changed between them: stages/train.py" in broken.stdout
+        )
     finally:
         card_code.write_text(originals[0])
         train_code.write_text(originals[1])
@@ -146,6 +166,7 @@ def test_an_export_only_rerun_keeps_lineage_true_and_changed_training_code_break
 
 def test_a_deleted_run_breaks_lineage_and_stops_later_stages(trained_repo):
     from mlflow.tracking import MlflowClient
+
     repo, env = trained_repo
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
@@ -165,17 +186,32 @@ def test_a_moved_repository_says_how_to_repair_its_store_and_then_verifies(train
     repo, env = trained_repo
     first = tmp_path / "first"
     shutil.copytree(repo, first, symlinks=True)
-    run([sys.executable, "-m", "imgcls", "lineage", "--relocate-store"], first, env)  # a copy: point it at itself
+    run(
+        [sys.executable, "-m", "imgcls", "lineage", "--relocate-store"], first, env
+    )  # a copy: point it at itself
     moved = tmp_path / "moved"
     first.rename(moved)  # now the store names a folder that no longer exists
     broken = lineage(moved, env)
-    assert broken.returncode == 1 and "(moved or copied since): run `python -m imgcls lineage --relocate-store`" \
-        in broken.stdout, broken.stdout
+    assert (
+        broken.returncode == 1
+        and "(moved or copied since): run `python -m imgcls lineage --relocate-store`" in broken.stdout
+    ), broken.stdout
     image = sorted((moved / "data/prepared/test").rglob("*.jpg"))[0]
     version = json.loads((moved / "models/export/registry.json").read_text())["version"]
-    predicted = attempt([sys.executable, "-m", "imgcls", "predict", f"models:/image-classifier/{version}", str(image)],
-                        moved, env)
-    assert predicted.returncode == 1 and "--relocate-store" in predicted.stderr and "Traceback" not in predicted.stderr
+    predicted = attempt(
+        [sys.executable, "-m", "imgcls", "predict", f"models:/image-classifier/{version}", str(image)],
+        moved,
+        env,
+    )
+    assert (
+        predicted.returncode == 1
+        and "--relocate-store" in predicted.stderr
+        and "Traceback" not in predicted.stderr
+    )
     repaired = run([sys.executable, "-m", "imgcls", "lineage", "--relocate-store"], moved, env)
     assert "rewritten to" in repaired.stdout and "8/8 links verified" in repaired.stdout, repaired.stdout
-    run([sys.executable, "-m", "imgcls", "predict", f"models:/image-classifier/{version}", str(image)], moved, env)
+    run(
+        [sys.executable, "-m", "imgcls", "predict", f"models:/image-classifier/{version}", str(image)],
+        moved,
+        env,
+    )

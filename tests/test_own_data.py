@@ -1,7 +1,7 @@
-"""A stranger's first day, as the README tells it: their own folder of images, offline, on a CPU, from `dvc add`
-to a registered model, then plots, predictions, a changed param and another `dvc repro` with no commit that is
-not theirs, and `reproduce` before and after their results become the reference. The README's own snippet is
-what runs: a recipe that does not run as written fails here."""
+"""A stranger's first day, as the README tells it: their own folder of images, offline, on a CPU, from `dvc
+add` to a registered model, then plots, predictions, a changed param and another `dvc repro` with no commit
+that is not theirs, and `reproduce` before and after their results become the reference. The README's own
+snippet is what runs: a recipe that does not run as written fails here."""
 
 from __future__ import annotations
 
@@ -42,8 +42,13 @@ def photos(folder, classes: dict[str, int], seed: int) -> None:
         for i in range(count):
             height, width = rng.integers(60, 90), rng.integers(80, 120)
             stripes = np.sin(np.arange(width) * (0.2 + 0.3 * index))[None, :, None] * 60
-            pixels = np.clip(np.array([60, 120, 180])[np.roll([0, 1, 2], index)] + stripes
-                             + rng.normal(0, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(
+                np.array([60, 120, 180])[np.roll([0, 1, 2], index)]
+                + stripes
+                + rng.normal(0, 20, (height, width, 3)),
+                0,
+                255,
+            ).astype(np.uint8)
             Image.fromarray(pixels).save(folder / name / f"IMG_{i:04d}.JPG", quality=90)
 
 
@@ -56,15 +61,21 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     photos(repo / "data" / "my_images", {"bark": 12, "brick": 12, "gravel": 12}, seed=3)
 
     for line in readme_block("bash", "dvc add data/my_images").strip().splitlines():
-        run(line.split("#")[0].split(), repo, env) if "&&" not in line else \
-            run(["bash", "-c", line.split("  #")[0]], repo, env)
+        run(line.split("#")[0].split(), repo, env) if "&&" not in line else run(
+            ["bash", "-c", line.split("  #")[0]], repo, env
+        )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     merge(params, yaml.safe_load(readme_block("yaml", "data: data/my_images")))
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
     repro = run(["dvc", "repro"], repo, env, timeout=1200)
-    assert re.findall(r"Running stage '(\w+)'", repro.stdout) == ["prepare", "pretrain", "train", "evaluate",
-                                                                  "export"]
+    assert re.findall(r"Running stage '(\w+)'", repro.stdout) == [
+        "prepare",
+        "pretrain",
+        "train",
+        "evaluate",
+        "export",
+    ]
     logs = repro.stdout + repro.stderr
     assert "workflowType=machine_learning" in logs and "viewStateShareKey=headline" in logs  # the UI links
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
@@ -74,8 +85,13 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluation["test_images"] == 8 and 0 <= evaluation["test_accuracy"] <= 1  # 20% of 36, rounded up
 
-    before = run([sys.executable, "-m", "imgcls", "reproduce"], repo, env)  # the committed reference: the sample's
-    assert "other data: prepare.data data/sample/target" in before.stdout and "-> data/my_images" in before.stdout
+    before = run(
+        [sys.executable, "-m", "imgcls", "reproduce"], repo, env
+    )  # the committed reference: the sample's
+    assert (
+        "other data: prepare.data data/sample/target" in before.stdout
+        and "-> data/my_images" in before.stdout
+    )
     assert "VERDICT not compared" in before.stdout and "<-- FAILS" not in before.stdout
     adopt = next(line.strip() for line in before.stdout.splitlines() if line.strip().startswith("git add"))
     assert adopt == readme_block("bash", "reference results for").strip()
@@ -87,13 +103,17 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     photos(new, {"bark": 2, "gravel": 2}, seed=9)  # (rightly) stop the next run until committed
     run([sys.executable, "-m", "imgcls", "predict", "models/export", str(new)], repo, env)
     assert (repo / "predictions.csv").read_text().count("\n") == 5
-    status = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        ["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=60
+    )
     assert "dvc_plots" not in status.stdout and "predictions.csv" not in status.stdout, status.stdout
 
     params["evaluate"]["bootstrap"] = 1000  # a changed param, and no commit in between
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = run(["dvc", "repro"], repo, env, timeout=1200)
-    assert re.findall(r"Running stage '(\w+)'", again.stdout)[0] == "evaluate"  # export too, if a metric moved
+    assert (
+        re.findall(r"Running stage '(\w+)'", again.stdout)[0] == "evaluate"
+    )  # export too, if a metric moved
 
     run(["bash", "-c", adopt], repo, env)  # these results become the reference, with their fingerprints
     after = run([sys.executable, "-m", "imgcls", "reproduce"], repo, env)

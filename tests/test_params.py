@@ -30,7 +30,9 @@ def test_unknown_key_names_key_and_allowed(tmp_path):
 
 def test_bad_choice_lists_allowed_values(tmp_path):
     path = write(tmp_path, lambda p: p["model"].update(arch="vgg16"))
-    with pytest.raises(ValueError, match=r"model\.arch = 'vgg16'.*resnet18, resnet34, resnet50, resnet101, resnet152"):
+    with pytest.raises(
+        ValueError, match=r"model\.arch = 'vgg16'.*resnet18, resnet34, resnet50, resnet101, resnet152"
+    ):
         load_params(path)
 
 
@@ -61,18 +63,38 @@ def test_non_finite_numbers_are_refused(tmp_path, value):
         load_params(write(tmp_path, lambda p: p["train"].update(weight_decay=value)))
 
 
-@pytest.mark.parametrize("section, key, value, message", [
-    ("export", "out", "../victim", r"unknown key\(s\) export\.out"),  # where stages write is not a param
-    ("prepare", "data", "data", r"prepare\.data = 'data' overlaps data/prepared, which the prepare stage deletes"),
-    ("prepare", "test_data", "models", r"prepare\.test_data = 'models' overlaps models/pretrained\.pt, which the "
-                                       r"pretrain stage"),
-    ("pretrain", "file", "models/export/model.onnx", r"pretrain\.file = 'models/export/model\.onnx' overlaps "
-                                                     r"models/export, which the export stage"),
-    ("prepare", "val_fraction", 0.0, r"prepare\.val_fraction = 0 leaves no val split"),
-    ("export", "registered_model", "", r"export\.registered_model is empty"),
-    ("train", "experiment", "  ", r"train\.experiment is empty"),
-])
-def test_inputs_that_an_output_would_delete_or_values_that_break_a_stage_are_refused(section, key, value, message):
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("export", "out", "../victim", r"unknown key\(s\) export\.out"),  # where stages write is not a param
+        (
+            "prepare",
+            "data",
+            "data",
+            r"prepare\.data = 'data' overlaps data/prepared, which the prepare stage deletes",
+        ),
+        (
+            "prepare",
+            "test_data",
+            "models",
+            r"prepare\.test_data = 'models' overlaps models/pretrained\.pt, which the "
+            r"pretrain stage",
+        ),
+        (
+            "pretrain",
+            "file",
+            "models/export/model.onnx",
+            r"pretrain\.file = 'models/export/model\.onnx' overlaps "
+            r"models/export, which the export stage",
+        ),
+        ("prepare", "val_fraction", 0.0, r"prepare\.val_fraction = 0 leaves no val split"),
+        ("export", "registered_model", "", r"export\.registered_model is empty"),
+        ("train", "experiment", "  ", r"train\.experiment is empty"),
+    ],
+)
+def test_inputs_that_an_output_would_delete_or_values_that_break_a_stage_are_refused(
+    section, key, value, message
+):
     with pytest.raises(ValueError, match=message):
         load_params(ROOT / "params.yaml", overrides={section: {key: value}})
 
@@ -81,8 +103,11 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path):
     text = (ROOT / "params.yaml").read_text().replace("\n  lr: 0.01 ", "\n  lr: 0.02\n  lr: 0.01 ")
     (tmp_path / "params.yaml").write_text(text)
     first = next(n for n, line in enumerate(text.splitlines(), 1) if line.startswith("  lr: 0.02"))
-    with pytest.raises(ValueError, match=rf"key `lr` appears twice in one section \(lines {first} and "
-                                         rf"{first + 1}\), and only one would count; keep one"):
+    with pytest.raises(
+        ValueError,
+        match=rf"key `lr` appears twice in one section \(lines {first} and "
+        rf"{first + 1}\), and only one would count; keep one",
+    ):
         load_params(tmp_path / "params.yaml")
     twice = (ROOT / "params.yaml").read_text() + "\ntrain:\n  lr: 0.5\n"
     (tmp_path / "params.yaml").write_text(twice)
@@ -105,9 +130,14 @@ def test_yaml_syntax_error_is_one_line_with_its_place(tmp_path):
 
 def test_an_input_smaller_than_the_architecture_takes_is_refused(tmp_path):
     path = write(tmp_path, lambda p: p["model"].update(arch="convnext_tiny"))  # the sample's 28 px crops
-    with pytest.raises(ValueError, match=r"train\.crop_size = 28 is below the smallest input model\.arch = "
-                                         r"convnext_tiny accepts \(32 px"):
+    with pytest.raises(
+        ValueError,
+        match=r"train\.crop_size = 28 is below the smallest input model\.arch = "
+        r"convnext_tiny accepts \(32 px",
+    ):
         load_params(path)
-    bigger = write(tmp_path, lambda p: (p["model"].update(arch="convnext_tiny"), p["train"].update(crop_size=32)))
+    bigger = write(
+        tmp_path, lambda p: (p["model"].update(arch="convnext_tiny"), p["train"].update(crop_size=32))
+    )
     with pytest.raises(ValueError, match=r"pretrain\.crop_size = 28 is below"):
         load_params(bigger)

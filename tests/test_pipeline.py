@@ -31,12 +31,26 @@ def runs_of(client: MlflowClient) -> dict[str, object]:
 def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     repo, env = trained_repo
     assert ran((repo.parent / "first_repro.txt").read_text()) == STAGES
-    for path in ("data/prepared/manifest.csv", "data/prepared/excluded.csv", "models/pretrained.pt",
-                 "models/model.pt", "plots/train.csv", "plots/confusion.csv", "models/export/model.pt2",
-                 "models/export/labels.json", "models/export/preprocessing.json", "models/export/model_card.md"):
+    for path in (
+        "data/prepared/manifest.csv",
+        "data/prepared/excluded.csv",
+        "models/pretrained.pt",
+        "models/model.pt",
+        "plots/train.csv",
+        "plots/confusion.csv",
+        "models/export/model.pt2",
+        "models/export/labels.json",
+        "models/export/preprocessing.json",
+        "models/export/model_card.md",
+    ):
         assert (repo / path).is_file(), path
-    assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == ["excluded.csv", "manifest.csv",
-                                                                         "test", "train", "val"]
+    assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == [
+        "excluded.csv",
+        "manifest.csv",
+        "test",
+        "train",
+        "val",
+    ]
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     report = json.loads((repo / "reports/evaluate.json").read_text())
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0 and 0.0 <= evaluation["test_f1_macro"] <= 1.0
@@ -79,8 +93,14 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     logged = {a.path for a in client.list_artifacts(run_id, "evaluate")}
     assert {"evaluate/metrics.json", "evaluate/report.json"} <= logged
     pictures = {a.path for a in client.list_artifacts(run_id)}  # at the root, named alike in every run
-    assert {"confusion_matrix.png", "reliability.png", *(f"saliency_{name[:2]}.png" for name in grids)} <= pictures
-    assert [grid["mlflow_artifact"] for grid in card["saliency"]] == [f"saliency_{name[:2]}.png" for name in grids]
+    assert {
+        "confusion_matrix.png",
+        "reliability.png",
+        *(f"saliency_{name[:2]}.png" for name in grids),
+    } <= pictures
+    assert [grid["mlflow_artifact"] for grid in card["saliency"]] == [
+        f"saliency_{name[:2]}.png" for name in grids
+    ]
     assert client.get_run(run_id).data.metrics["test_ece_calibrated"] == evaluation["test_ece_calibrated"]
 
     again = run(["dvc", "repro"], repo, env)
@@ -88,14 +108,16 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
 
 
 def test_param_change_reruns_downstream_and_each_run_is_one_version(trained_repo):
-    """A changed lr re-runs train, evaluate and export into a new run and version; with runtime.allow_dirty the
-    uncommitted file is recorded; exporting the same card again reuses its version; a failed export leaves
+    """A changed lr re-runs train, evaluate and export into a new run and version; with runtime.allow_dirty
+    the uncommitted file is recorded; exporting the same card again reuses its version; a failed export leaves
     the run as it was. Leaves the repo consistent at the new lr (`dvc repro` has nothing to do)."""
     repo, env = trained_repo
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     before, versions_before = runs_of(client), client.search_model_versions("name='image-classifier'")
-    first_lr, atol = (yaml.safe_load((repo / "params.yaml").read_text())[k][v] for k, v in [("train", "lr"),
-                                                                                             ("export", "atol")])
+    first_lr, atol = (
+        yaml.safe_load((repo / "params.yaml").read_text())[k][v]
+        for k, v in [("train", "lr"), ("export", "atol")]
+    )
     set_param(repo, "train", "lr", first_lr / 2)
     set_param(repo, "runtime", "allow_dirty", True)
     (repo / "scratch.py").write_text("# uncommitted code\n")
@@ -105,8 +127,15 @@ def test_param_change_reruns_downstream_and_each_run_is_one_version(trained_repo
 
         [new] = [r for run_id, r in runs_of(client).items() if run_id not in before]
         assert float(new.data.params["train.lr"]) == first_lr / 2
-        assert {"test_accuracy", "test_f1_macro", "test_accuracy_ci95_low", "val_accuracy", "train_loss",
-                "export_onnx_max_abs_diff", "export_torch_top1_agreement"} <= set(new.data.metrics)
+        assert {
+            "test_accuracy",
+            "test_f1_macro",
+            "test_accuracy_ci95_low",
+            "val_accuracy",
+            "train_loss",
+            "export_onnx_max_abs_diff",
+            "export_torch_top1_agreement",
+        } <= set(new.data.metrics)
         assert new.data.tags["dvc.prepared_md5"].endswith(".dir") and new.data.tags["dvc.pretrained_md5"]
         assert len(new.data.tags["git_commit"]) == 40 and new.data.tags["git_dirty"] == "true"
         for library in ("torch", "torchvision", "numpy", "pillow", "mlflow", "dvc"):
@@ -156,13 +185,17 @@ def test_temp_experiment_lands_in_the_repo_store(trained_repo):
     assert "test_accuracy" in found.data.metrics
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert "confusion_matrix.png" in artifacts
-    assert digest(repo / "models/model.pt") == workspace_model  # it ran in a temporary copy, not the workspace
+    assert (
+        digest(repo / "models/model.pt") == workspace_model
+    )  # it ran in a temporary copy, not the workspace
 
 
-def test_no_param_can_point_an_output_outside_and_a_failed_stage_keeps_the_last_outputs(trained_repo, tmp_path):
-    """`export.out: ../victim` once made DVC delete ../victim before export ran: outputs are no params now, so the
-    key is refused and nothing outside is touched. A model.pt swapped for a pickle is refused in one line, and
-    the export it would have replaced stays whole (DVC keeps it: persist)."""
+def test_no_param_can_point_an_output_outside_and_a_failed_stage_keeps_the_last_outputs(
+    trained_repo, tmp_path
+):
+    """`export.out: ../victim` once made DVC delete ../victim before export ran: outputs are no params now, so
+    the key is refused and nothing outside is touched. A model.pt swapped for a pickle is refused in one line,
+    and the export it would have replaced stays whole (DVC keeps it: persist)."""
     repo, env = trained_repo
     victim = repo.parent / "victim"
     victim.mkdir()
@@ -183,7 +216,9 @@ def test_no_param_can_point_an_output_outside_and_a_failed_stage_keeps_the_last_
     try:
         model.write_bytes(pickle.dumps({"state_dict": object()}))  # a pickle with a global: not plain tensors
         failed = attempt(["dvc", "repro", "--force", "--single-item", "export"], repo, env)
-        assert failed.returncode != 0 and "models/model.pt is not a checkpoint of plain tensors" in failed.stderr
+        assert (
+            failed.returncode != 0 and "models/model.pt is not a checkpoint of plain tensors" in failed.stderr
+        )
         assert "Traceback" not in failed.stdout + failed.stderr
     finally:
         model.write_bytes(original)
@@ -201,10 +236,14 @@ def test_a_damaged_store_stops_evaluate_before_it_writes_and_lineage_in_one_line
     assert evaluate.returncode == 1 and "damaged.db cannot be used" in evaluate.stderr
     assert "Traceback" not in evaluate.stderr and digest(repo / "metrics/evaluate.json") == metrics
     lineage = attempt([sys.executable, "-m", "imgcls", "lineage"], repo, broken)
-    assert lineage.returncode == 1 and "damaged.db cannot be used" in lineage.stdout and "Traceback" not in \
-        lineage.stdout + lineage.stderr
+    assert (
+        lineage.returncode == 1
+        and "damaged.db cannot be used" in lineage.stdout
+        and "Traceback" not in lineage.stdout + lineage.stderr
+    )
     image = next((repo / "data/prepared/test").rglob("*.jpg"))
-    predicted = attempt([sys.executable, "-m", "imgcls", "predict", "models:/image-classifier/1", str(image)], repo,
-                        broken)
+    predicted = attempt(
+        [sys.executable, "-m", "imgcls", "predict", "models:/image-classifier/1", str(image)], repo, broken
+    )
     assert predicted.returncode == 1 and "damaged.db cannot be used" in predicted.stderr
     assert "Traceback" not in predicted.stderr

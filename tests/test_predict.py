@@ -31,9 +31,11 @@ def rows(path: Path) -> dict[str, dict]:
 def test_out_never_overwrites_code_exports_or_other_files_without_force(trained_repo, tmp_path):
     repo, env = trained_repo
     image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
-    for target, reason in [("stages/train.py", "git tracks it"),
-                           ("models/export/model.onnx", "it lies in the export folder"),
-                           (str(image), "it is one of the images to classify")]:
+    for target, reason in [
+        ("stages/train.py", "git tracks it"),
+        ("models/export/model.onnx", "it lies in the export folder"),
+        (str(image), "it is one of the images to classify"),
+    ]:
         before = digest(repo / target)
         result = predict(repo, env, "models/export", image, "--out", target)
         assert result.returncode == 1 and reason in result.stderr, (target, result.stderr)
@@ -46,7 +48,9 @@ def test_out_never_overwrites_code_exports_or_other_files_without_force(trained_
     assert notes.read_text() == "my notes"
     forced = predict(repo, env, "models/export", image, "--out", notes, "--force")
     assert forced.returncode == 0 and str(image) in rows(notes)
-    again = predict(repo, env, "models/export", image, "--out", notes)  # an earlier predictions file: no --force
+    again = predict(
+        repo, env, "models/export", image, "--out", notes
+    )  # an earlier predictions file: no --force
     assert again.returncode == 0, again.stderr
 
 
@@ -68,12 +72,16 @@ def test_every_file_gets_a_row_and_nothing_hangs(trained_repo, tmp_path):
     assert found[str(folder / "pipe.jpg")]["error"].startswith("not_a_file")
     assert found[str(folder / "gone.jpg")]["error"].startswith("broken_symlink")
     assert found[str(folder / "=HYPERLINK(1).jpg")]["label"]
-    formula = predict(folder, env, repo / "models/export", "=HYPERLINK(1).jpg", "--out", out)  # a cell that starts
+    formula = predict(
+        folder, env, repo / "models/export", "=HYPERLINK(1).jpg", "--out", out
+    )  # a cell that starts
     assert formula.returncode == 0 and list(rows(out)) == ["'=HYPERLINK(1).jpg"]  # with `=` is quoted
 
-    for named, message in [(folder / "pipe.jpg", "is not a file or folder (a FIFO, device or socket)"),
-                           (folder / "gone.jpg", "is a link to a file that does not exist"),
-                           (tmp_path / "missing.jpg", "missing.jpg does not exist")]:
+    for named, message in [
+        (folder / "pipe.jpg", "is not a file or folder (a FIFO, device or socket)"),
+        (folder / "gone.jpg", "is a link to a file that does not exist"),
+        (tmp_path / "missing.jpg", "missing.jpg does not exist"),
+    ]:
         result = predict(repo, env, "models/export", named, "--out", out, timeout=120)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr, named
     junk = tmp_path / "junk"
@@ -96,8 +104,8 @@ class Payload:
 
 
 def tamper(export: Path, marker: Path) -> None:
-    """Swap a weight of model.pt2 for a pickle that runs code, marked `use_pickle`, and write the new file's hash
-    into the card, as an attacker who can write the folder would."""
+    """Swap a weight of model.pt2 for a pickle that runs code, marked `use_pickle`, and write the new file's
+    hash into the card, as an attacker who can write the folder would."""
     program = export / "model.pt2"
     with zipfile.ZipFile(program) as archive:
         entries = {name: archive.read(name) for name in archive.namelist()}
@@ -127,8 +135,18 @@ def test_a_tampered_program_never_runs_code(trained_repo, tmp_path):
     checked = predict(repo, env, export, image, "--runtime", "torch", "--out", tmp_path / "p.csv")
     assert checked.returncode == 1 and "is not the card registered for image-classifier" in checked.stderr
     # no registry in reach: the card is the only anchor, and the archive itself is refused
-    alone = predict(tmp_path, {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"}, export, image,
-                    "--runtime", "torch", "--out", tmp_path / "p.csv")
+    alone = predict(
+        tmp_path,
+        {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'none.db'}"},
+        export,
+        image,
+        "--runtime",
+        "torch",
+        "--out",
+        tmp_path / "p.csv",
+    )
     assert alone.returncode == 1 and "registry not reachable" in alone.stderr
-    assert "stores 'conv1.weight' as a pickle or an object" in alone.stderr and "Traceback" not in alone.stderr
+    assert (
+        "stores 'conv1.weight' as a pickle or an object" in alone.stderr and "Traceback" not in alone.stderr
+    )
     assert not marker.exists() and not (tmp_path / "none.db").exists()

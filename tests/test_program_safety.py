@@ -1,5 +1,6 @@
-"""A .pt2 archive is read as plain zip entries and JSON before torch loads it: every architecture's export passes,
-and each way a crafted archive could run code is refused, with the code never run (a marker file stays absent)."""
+"""A .pt2 archive is read as plain zip entries and JSON before torch loads it: every architecture's export
+passes, and each way a crafted archive could run code is refused, with the code never run (a marker file stays
+absent)."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def pickled_weight(marker):
         entries[config_name] = json.dumps(config).encode()
         path_name = config["config"][key]["path_name"]
         entries[entry(entries, f"data/weights/{path_name}")] = pickle.dumps(Payload(marker))
+
     return change
 
 
@@ -75,6 +77,7 @@ def graph_change(edit):
         program = json.loads(entries[name])
         edit(program)
         entries[name] = json.dumps(program).encode()
+
     return change
 
 
@@ -93,6 +96,7 @@ def add_range(program):
 def pickled_inputs(marker):
     def change(entries):
         entries[entry(entries, "data/sample_inputs/model.pt")] = pickle.dumps(Payload(marker))
+
     return change
 
 
@@ -101,14 +105,26 @@ def extra_library(entries):
     entries[f"{root}/data/aotinductor/model/model.so"] = b"\x7fELF"
 
 
-@pytest.mark.parametrize("make, message", [
-    (pickled_weight, r"stores 'conv1\.weight' as a pickle or an object"),
-    (pickled_inputs, r"data/sample_inputs/model\.pt is not plain tensors"),
-    (lambda marker: graph_change(set_target), r"the graph calls 'torch\.os\.system', not one of the aten operators"),
-    (lambda marker: graph_change(add_guard), r"carries guard code \(1 line\(s\)\)"),
-    (lambda marker: graph_change(add_range), r"the shape expression .*__import__.* is not plain arithmetic"),
-    (lambda marker: extra_library, r"holds 'data/aotinductor/model/model\.so', which this pipeline's exports never"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (pickled_weight, r"stores 'conv1\.weight' as a pickle or an object"),
+        (pickled_inputs, r"data/sample_inputs/model\.pt is not plain tensors"),
+        (
+            lambda marker: graph_change(set_target),
+            r"the graph calls 'torch\.os\.system', not one of the aten operators",
+        ),
+        (lambda marker: graph_change(add_guard), r"carries guard code \(1 line\(s\)\)"),
+        (
+            lambda marker: graph_change(add_range),
+            r"the shape expression .*__import__.* is not plain arithmetic",
+        ),
+        (
+            lambda marker: extra_library,
+            r"holds 'data/aotinductor/model/model\.so', which this pipeline's exports never",
+        ),
+    ],
+)
 def test_crafted_archives_are_refused_before_torch_reads_them(program, tmp_path, make, message):
     marker = tmp_path / "code-ran"
     folder = tmp_path / "export"

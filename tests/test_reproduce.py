@@ -24,4 +24,6 @@ def test_clean_clone_reproduces_committed_reference(tmp_path):
     run(["dvc", "repro", "evaluate"], clone, env)  # every reference metric; export adds none (and ~90 s)
     check = attempt([sys.executable, "-m", "imgcls", "reproduce"], cwd=clone, env=env)
     print(check.stdout)
-    assert check.returncode == 0, f"the committed reference did not reproduce:\n{check.stdout}\n{check.stderr}"
+    assert check.returncode == 0, (
+        f"the committed reference did not reproduce:\n{check.stdout}\n{check.stderr}"
+    )

@@ -4,28 +4,51 @@ import yaml
 
 from imgcls.config import layout
 from imgcls.config.params import load_params
-from imgcls.provenance.reference import adopt_command, differences
-from imgcls.provenance.reproduce import compare_metrics, decide_mode, report
+from imgcls.provenance.reference import adopt_command, decide_mode, differences
+from imgcls.provenance.reproduce import compare_metrics, report
 from tests.conftest import ROOT
 
-PINNED = {"pinned": True, "device": "cpu", "kernel_isa": "DEFAULT", "blas": "MKL COMPATIBLE", "threads": 2,
-          "torch": "2.14.1", "torchvision": "0.29.1", "machine": "x86_64", "cpu": "AMD EPYC", "cpu_isa": "AVX2"}
+PINNED = {
+    "pinned": True,
+    "device": "cpu",
+    "kernel_isa": "DEFAULT",
+    "blas": "MKL COMPATIBLE",
+    "threads": 2,
+    "torch": "2.14.1",
+    "torchvision": "0.29.1",
+    "machine": "x86_64",
+    "cpu": "AMD EPYC",
+    "cpu_isa": "AVX2",
+}
 REFERENCE = {
     layout.PREPARE_METRICS: {"included": 2800, "split_sizes": {"test": 2400}},
     layout.TRAIN_METRICS: {"best_epoch": 20, "best_val_accuracy": 0.75},
-    layout.EVALUATE_METRICS: {"test_accuracy": 0.80, "test_f1_macro": 0.79, "test_images": 2400,
-                              "test_accuracy_ci95": {"low": 0.785, "high": 0.815},
-                              "test_f1_macro_ci95": {"low": 0.774, "high": 0.806}},
-    layout.EVALUATE_REPORT: {"per_class": {"coat": {"recall": 0.7, "support": 600.0}},
-                             "lowest_recall": {"coat": {"rank": 1, "recall": 0.7, "correct": 420, "support": 600}}}}
+    layout.EVALUATE_METRICS: {
+        "test_accuracy": 0.80,
+        "test_f1_macro": 0.79,
+        "test_images": 2400,
+        "test_accuracy_ci95": {"low": 0.785, "high": 0.815},
+        "test_f1_macro_ci95": {"low": 0.774, "high": 0.806},
+    },
+    layout.EVALUATE_REPORT: {
+        "per_class": {"coat": {"recall": 0.7, "support": 600.0}},
+        "lowest_recall": {"coat": {"rank": 1, "recall": 0.7, "correct": 420, "support": 600}},
+    },
+}
 
 
 def changed(**edits) -> dict:
     """A copy of the reference metrics with `file__key=value` edits (key path joined by '__')."""
-    metrics = {f: {k: dict(v) if isinstance(v, dict) else v for k, v in m.items()} for f, m in REFERENCE.items()}
+    metrics = {
+        f: {k: dict(v) if isinstance(v, dict) else v for k, v in m.items()} for f, m in REFERENCE.items()
+    }
     for name, value in edits.items():
-        file = {"prepare": layout.PREPARE_METRICS, "train": layout.TRAIN_METRICS,
-                "evaluate": layout.EVALUATE_METRICS, "report": layout.EVALUATE_REPORT}[name.split("__")[0]]
+        file = {
+            "prepare": layout.PREPARE_METRICS,
+            "train": layout.TRAIN_METRICS,
+            "evaluate": layout.EVALUATE_METRICS,
+            "report": layout.EVALUATE_REPORT,
+        }[name.split("__")[0]]
         node = metrics[file]
         *path, last = name.split("__")[1:]
         for part in path:
@@ -51,9 +74,18 @@ def test_same_pinned_runtime_on_another_cpu_must_match_exactly():
 
 def test_other_runtime_gates_integrity_exactly_and_headline_by_interval():
     gpu = PINNED | {"pinned": False, "device": "cuda", "gpu": "NVIDIA H200"}
-    weakest = {"shirt": {"rank": 1, "recall": 0.68, "correct": 408, "support": 600}}  # another class comes last
-    ok, text = verdict(changed(train__best_epoch=12, evaluate__test_accuracy=0.79,
-                               report__per_class__coat__recall=0.6, report__lowest_recall=weakest), gpu)
+    weakest = {
+        "shirt": {"rank": 1, "recall": 0.68, "correct": 408, "support": 600}
+    }  # another class comes last
+    ok, text = verdict(
+        changed(
+            train__best_epoch=12,
+            evaluate__test_accuracy=0.79,
+            report__per_class__coat__recall=0.6,
+            report__lowest_recall=weakest,
+        ),
+        gpu,
+    )
     assert ok and "MODE band" in text and "device 'cpu' -> 'cuda'" in text and "reproduced within" in text
     ok, text = verdict(changed(evaluate__test_accuracy=0.77), gpu)
     assert not ok and "metrics/evaluate.json:test_accuracy" in text and "band [0.7850, 0.8150]" in text
@@ -72,14 +104,25 @@ def test_band_widens_to_the_measured_seed_spread():
 
 def test_other_thread_count_is_not_exact():
     stages = ("pretrain", "train", "evaluate")
-    exact, reasons = decide_mode(dict.fromkeys(stages, PINNED), dict.fromkeys(stages, PINNED | {"threads": 4}))
+    exact, reasons = decide_mode(
+        dict.fromkeys(stages, PINNED), dict.fromkeys(stages, PINNED | {"threads": 4})
+    )
     assert not exact and reasons[0] == "pretrain: threads 2 -> 4"
 
 
 def lock(**md5s: str) -> str:
     """A dvc.lock's text with prepare's input hashes (folder name -> md5)."""
-    return yaml.safe_dump({"stages": {"prepare": {"deps": [{"path": f"data/{name.replace('_', '/')}", "md5": md5}
-                                                           for name, md5 in md5s.items()]}}})
+    return yaml.safe_dump(
+        {
+            "stages": {
+                "prepare": {
+                    "deps": [
+                        {"path": f"data/{name.replace('_', '/')}", "md5": md5} for name, md5 in md5s.items()
+                    ]
+                }
+            }
+        }
+    )
 
 
 def test_a_reference_of_other_data_or_params_is_named_and_not_compared():
@@ -88,10 +131,20 @@ def test_a_reference_of_other_data_or_params_is_named_and_not_compared():
     assert differences(sample, reference, sample, reference) == []
     other_data = differences(sample, reference, sample, lock(sample_target="c.dir", sample_test="b.dir"))
     assert other_data == ["other data: prepare.data data/sample/target (a.dir) -> data/sample/target (c.dir)"]
-    mine = load_params(ROOT / "params.yaml", overrides={"prepare": {"data": "data/mine"}, "train": {
-        "lr": 0.001, "experiment": "mine"}, "runtime": {"num_workers": 0}})  # workers and names change no metric
+    mine = load_params(
+        ROOT / "params.yaml",
+        overrides={
+            "prepare": {"data": "data/mine"},
+            "train": {"lr": 0.001, "experiment": "mine"},
+            "runtime": {"num_workers": 0},
+        },
+    )  # workers and names change no metric
     lines = differences(sample, reference, mine, lock(mine="d.dir", sample_test="b.dir"))
-    assert lines == ["other data: prepare.data data/sample/target (a.dir) -> data/mine (d.dir)",
-                     "other params (2): prepare.data 'data/sample/target' -> 'data/mine'; train.lr 0.01 -> 0.001"]
-    assert adopt_command(mine) == ("git add dvc.lock metrics models/run.json params.yaml plots reports && "
-                                   "git commit -m 'reference results for mine'")
+    assert lines == [
+        "other data: prepare.data data/sample/target (a.dir) -> data/mine (d.dir)",
+        "other params (2): prepare.data 'data/sample/target' -> 'data/mine'; train.lr 0.01 -> 0.001",
+    ]
+    assert adopt_command(mine) == (
+        "git add dvc.lock metrics models/run.json params.yaml plots reports && "
+        "git commit -m 'reference results for mine'"
+    )

@@ -1,5 +1,6 @@
-"""A train stage killed mid-epoch resumes from its checkpoint to the very bytes of a run never killed, in the same
-MLflow run, on one process and on two torchrun processes (gloo), where a killed rank fails the stage quickly."""
+"""A train stage killed mid-epoch resumes from its checkpoint to the very bytes of a run never killed, in the
+same MLflow run, on one process and on two torchrun processes (gloo), where a killed rank fails the stage
+quickly."""
 
 from __future__ import annotations
 
@@ -29,11 +30,29 @@ def configure(repo: Path, processes: int) -> None:
     set_param(repo, "model", "arch", "mobilenet_v3_small")
     set_param(repo, "runtime", "threads", 1)  # one core per rank: 2 cores here
     set_param(repo, "runtime", "num_workers", 1 if processes == 1 else 0)
-    for key, value in {"freeze": "none", "cache_features": False, "epochs": EPOCHS, "patience": EPOCHS,
-                       "batch_size": 8 // processes, "checkpoint_every": 1, "lr": 0.001}.items():
+    for key, value in {
+        "freeze": "none",
+        "cache_features": False,
+        "epochs": EPOCHS,
+        "patience": EPOCHS,
+        "batch_size": 8 // processes,
+        "checkpoint_every": 1,
+        "lr": 0.001,
+    }.items():
         set_param(repo, "train", key, value)
-    set_param(repo, "train", "distributed", {"nnodes": 1, "nproc_per_node": processes, "master_addr": "127.0.0.1",
-                                             "master_port": free_port(), "backend": "gloo", "timeout": 60})
+    set_param(
+        repo,
+        "train",
+        "distributed",
+        {
+            "nnodes": 1,
+            "nproc_per_node": processes,
+            "master_addr": "127.0.0.1",
+            "master_port": free_port(),
+            "backend": "gloo",
+            "timeout": 60,
+        },
+    )
 
 
 def wait_for(log: Path, pattern: str, process: subprocess.Popen, seconds: float = 240) -> None:
@@ -42,7 +61,9 @@ def wait_for(log: Path, pattern: str, process: subprocess.Popen, seconds: float 
         if re.search(pattern, log.read_text()):
             return
         if process.poll() is not None:
-            raise AssertionError(f"the stage exited {process.returncode} before '{pattern}':\n{log.read_text()}")
+            raise AssertionError(
+                f"the stage exited {process.returncode} before '{pattern}':\n{log.read_text()}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"no '{pattern}' within {seconds} s:\n{log.read_text()}")
 
@@ -52,8 +73,11 @@ def rank_pid(repo: Path, rank: int) -> int:
     for entry in Path("/proc").iterdir():
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
-            if f"RANK={rank}".encode() in environ and (entry / "cwd").resolve() == repo.resolve() \
-                    and b"stages.train" in (entry / "cmdline").read_bytes():
+            if (
+                f"RANK={rank}".encode() in environ
+                and (entry / "cwd").resolve() == repo.resolve()
+                and b"stages.train" in (entry / "cmdline").read_bytes()
+            ):
                 return int(entry.name)
         except (OSError, ValueError):
             continue
@@ -76,8 +100,14 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
 
     log = tmp_path / "killed.log"
     with open(log, "w") as out:  # its own session: the kill takes dvc and every process under it
-        killed = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "train"], cwd=repo, env=env,
-                                  stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        killed = subprocess.Popen(
+            ["dvc", "repro", "--force", "--single-item", "train"],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_for(log, r"checkpoint: epoch 2 step 1", killed)
     if processes == 1:
         os.killpg(killed.pid, signal.SIGKILL)  # mid-epoch: no handler runs, nothing is flushed
@@ -94,7 +124,9 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
     state = load_state(repo / "models/checkpoint.pt")
     assert not state.finished and (state.epoch, state.step) >= (2, 1)
     assert state.meta["run_id"] != uninterrupted.meta["run_id"]  # the forced run started a run of its own
-    assert client.get_run(state.meta["run_id"]).info.status != "FINISHED"  # KILLED, FAILED (its peer died), RUNNING
+    assert (
+        client.get_run(state.meta["run_id"]).info.status != "FINISHED"
+    )  # KILLED, FAILED (its peer died), RUNNING
 
     resumed = run(["dvc", "repro", "train"], repo, env)
     output = resumed.stdout + resumed.stderr
@@ -105,14 +137,25 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
     continued = client.get_run(state.meta["run_id"])
     assert continued.info.status == "FINISHED" and "resumed at epoch" in continued.data.tags["status_note"]
     for metric in ("train_loss", "val_accuracy"):  # every epoch once, none twice
-        assert [m.step for m in client.get_metric_history(continued.info.run_id, metric)] == list(range(1, EPOCHS + 1))
+        assert [m.step for m in client.get_metric_history(continued.info.run_id, metric)] == list(
+            range(1, EPOCHS + 1)
+        )
     assert run(["dvc", "status", "train"], repo, env).stdout.strip().endswith("up to date.")
 
 
 def test_a_checkpoint_resumes_only_unfinished_and_from_the_same_inputs(tmp_path, caplog):
     key = {"params": {"train.lr": 0.01}, "data": "a", "weights": "w", "code": "c"}
-    state = TrainState(model={"w": torch.ones(2)}, optimizer={}, scheduler={}, stopper={}, history=[], epoch=3,
-                       step=2, rng=capture_rng(), meta={"key": key, "run_id": "r"})
+    state = TrainState(
+        model={"w": torch.ones(2)},
+        optimizer={},
+        scheduler={},
+        stopper={},
+        history=[],
+        epoch=3,
+        step=2,
+        rng=capture_rng(),
+        meta={"key": key, "run_id": "r"},
+    )
     path = tmp_path / "checkpoint.pt"
     save_state(path, state)
     caplog.set_level(logging.INFO)
@@ -133,9 +176,11 @@ def test_changed_inputs_block_a_resume_and_say_which():
     old = {"params": {"train.lr": 0.01, "train.epochs": 30}, "data": "a", "weights": "w", "code": "c"}
     assert resume_blockers(old, old) == []
     new = {"params": {"train.lr": 0.02, "train.epochs": 30}, "data": "b", "weights": "w", "code": "d"}
-    assert resume_blockers(old, new) == ["params changed: train.lr 0.01 -> 0.02",
-                                         "the prepared data changed (manifest.csv)",
-                                         "the code changed (stages/, imgcls/)"]
+    assert resume_blockers(old, new) == [
+        "params changed: train.lr 0.01 -> 0.02",
+        "the prepared data changed (manifest.csv)",
+        "the code changed (stages/, imgcls/)",
+    ]
 
 
 @pytest.mark.parametrize("size", [37, 40])
@@ -150,8 +195,10 @@ def test_two_ranks_of_batch_b_see_what_one_process_of_batch_2b_sees(size):
     assert len(shards[0]) == len(shards[1]) == len(ranks[0]) == (size + 1) // 2
     batch = 4
     for step in range(size // (2 * batch)):
-        together = sorted(shards[0][step * batch:(step + 1) * batch] + shards[1][step * batch:(step + 1) * batch])
-        assert together == sorted(single[step * 2 * batch:(step + 1) * 2 * batch])
+        together = sorted(
+            shards[0][step * batch : (step + 1) * batch] + shards[1][step * batch : (step + 1) * batch]
+        )
+        assert together == sorted(single[step * 2 * batch : (step + 1) * 2 * batch])
     evaluation = [EpochSampler(size, False, seed=0, rank=r, world=2) for r in (0, 1)]
     assert sorted(i for sampler in evaluation for i, _ in sampler) == list(range(size))  # no image twice
     resumed = EpochSampler(size, True, seed=3, rank=1, world=2)

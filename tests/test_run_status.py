@@ -24,15 +24,21 @@ def wait_for_running_run(client: MlflowClient, process: subprocess.Popen, log: P
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"train exited {process.returncode} before its first epoch:\n{log.read_text()}")
+            raise AssertionError(
+                f"train exited {process.returncode} before its first epoch:\n{log.read_text()}"
+            )
         experiment = client.get_experiment_by_name("image-classifier")
         if experiment:
             for found in client.search_runs([experiment.experiment_id]):
-                if found.data.tags.get("process.pid") == str(process.pid) and "train_loss" in found.data.metrics:
+                if (
+                    found.data.tags.get("process.pid") == str(process.pid)
+                    and "train_loss" in found.data.metrics
+                ):
                     return found
         time.sleep(0.5)
-    raise AssertionError(f"no run with a logged epoch from process {process.pid} within {seconds} s:\n"
-                         f"{log.read_text()}")
+    raise AssertionError(
+        f"no run with a logged epoch from process {process.pid} within {seconds} s:\n{log.read_text()}"
+    )
 
 
 @pytest.mark.pipeline
@@ -48,8 +54,13 @@ def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pi
         (repo / "models/checkpoint.pt").unlink(missing_ok=True)  # a new run each time, not a resumed one
         log = tmp_path / f"{name}.log"
         with open(log, "w") as out:
-            return subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=repo, env=env,
-                                    stdout=out, stderr=subprocess.STDOUT), log
+            return subprocess.Popen(
+                [sys.executable, "-m", "stages.train"],
+                cwd=repo,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            ), log
 
     terminated, log = start("terminated")
     first = wait_for_running_run(client, terminated, log)
@@ -70,8 +81,10 @@ def test_sigterm_marks_killed_and_a_sigkilled_run_is_marked_by_the_next_stage(pi
     again.wait(timeout=60)
     orphan = client.get_run(second.info.run_id)
     assert orphan.info.status == "KILLED"
-    assert orphan.data.tags["status_note"] == f"marked KILLED by train: its process {killed.pid} on " \
-                                               f"{socket.gethostname()} is gone"
+    assert (
+        orphan.data.tags["status_note"] == f"marked KILLED by train: its process {killed.pid} on "
+        f"{socket.gethostname()} is gone"
+    )
     assert len({first.info.run_name, second.info.run_name}) == 2  # unique names
 
 
@@ -91,8 +104,17 @@ def test_two_pipelines_creating_one_store_at_once(tmp_path):
     env = clean_env() | {"DVC_ROOT": str(tmp_path)}  # both use the default store: <DVC_ROOT>/mlflow.db
     go = tmp_path / "go"
     ready = [tmp_path / f"ready-{n}" for n in range(2)]
-    processes = [subprocess.Popen([sys.executable, "-c", FIRST_USE, str(flag), str(go)], cwd=ROOT, env=env,
-                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for flag in ready]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", FIRST_USE, str(flag), str(go)],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for flag in ready
+    ]
     deadline = time.monotonic() + 240
     while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
         time.sleep(0.05)

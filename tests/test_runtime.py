@@ -29,8 +29,12 @@ for _ in range(2):
 digest = hashlib.sha256(b"".join(v.contiguous().numpy().tobytes() for v in model.state_dict().values()))
 print(json.dumps({"sha": digest.hexdigest(), "env": runtime.fingerprint(torch.device("cpu"), True)}))
 """
-OLDER_CPU = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX", "MKL_ENABLE_INSTRUCTIONS": "AVX",
-             "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F"}
+OLDER_CPU = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "ONEDNN_MAX_CPU_ISA": "AVX",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX",
+    "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F",
+}
 
 
 def train_tiny(mode: str, caps: dict) -> dict:
@@ -48,8 +52,10 @@ def test_pinned_training_is_the_same_bits_under_other_isa_caps():
 
 
 def test_pinning_after_tensor_work_is_refused():
-    script = ("import torch; torch.ones(3) @ torch.ones(3); torch.randn(8, 8) @ torch.randn(8, 8)\n"
-              "from imgcls.engine import runtime\nruntime.pin(True, 2, torch.device('cpu'))")
+    script = (
+        "import torch; torch.ones(3) @ torch.ones(3); torch.randn(8, 8) @ torch.randn(8, 8)\n"
+        "from imgcls.engine import runtime\nruntime.pin(True, 2, torch.device('cpu'))"
+    )
     result = attempt([sys.executable, "-c", script], cwd=ROOT, env=clean_env())
     assert result.returncode != 0 and "RuntimeNotPinned" in result.stderr
     assert "tensors were used before the runtime was pinned" in result.stderr
@@ -57,10 +63,16 @@ def test_pinning_after_tensor_work_is_refused():
 
 def test_worker_count_does_not_change_augmentation(tiny_folder):
     dataset = image_folder(str(tiny_folder), train_transform(12, 0.5, True))
+
     def epoch_batches(workers: int, epoch: int) -> list[torch.Tensor]:
         loader = make_loader(dataset, 8, True, workers, seed=3)
         loader.sampler.set_epoch(epoch)
         return [images for images, _ in loader]
+
     serial, parallel = epoch_batches(0, 1), epoch_batches(2, 1)
-    assert len(serial) == 4 and all(torch.equal(a, b) for a, b in zip(serial, parallel))  # 36 images: 4 full batches
-    assert not torch.equal(torch.cat(serial), torch.cat(epoch_batches(0, 2)))  # a new epoch: new order and crops
+    assert len(serial) == 4 and all(
+        torch.equal(a, b) for a, b in zip(serial, parallel)
+    )  # 36 images: 4 full batches
+    assert not torch.equal(
+        torch.cat(serial), torch.cat(epoch_batches(0, 2))
+    )  # a new epoch: new order and crops

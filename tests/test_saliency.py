@@ -19,7 +19,7 @@ def corner_images(count: int, generator: torch.Generator) -> tuple[torch.Tensor,
     """Noise images; class 1 alone has a white patch in the top-right corner, the only thing that differs."""
     images = torch.rand(count, 3, SIZE, SIZE, generator=generator) * 0.6 + 0.2
     labels = torch.arange(count) % 2
-    images[labels == 1, :, : SIZE // 4, -SIZE // 4:] = 1.0
+    images[labels == 1, :, : SIZE // 4, -SIZE // 4 :] = 1.0
     return (images - 0.45) / 0.25, labels
 
 
@@ -32,7 +32,9 @@ def test_the_map_peaks_in_the_corner_that_tells_the_classes_apart():
     model.train()
     for _ in range(6):
         for start in range(0, len(images), 16):
-            loss = torch.nn.functional.cross_entropy(model(images[start:start + 16]), labels[start:start + 16])
+            loss = torch.nn.functional.cross_entropy(
+                model(images[start : start + 16]), labels[start : start + 16]
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -52,16 +54,22 @@ def test_the_map_peaks_in_the_corner_that_tells_the_classes_apart():
     peaks = maps.flatten(1).argmax(1)
     rows, columns = peaks // SIZE, peaks % SIZE
     in_corner = (rows < SIZE // 2) & (columns >= SIZE // 2)
-    assert in_corner.all(), f"peaks at {list(zip(rows.tolist(), columns.tolist()))}, not in the top-right quarter"
-    corner_mass = maps[:, : SIZE // 2, SIZE // 2:].sum((1, 2)) / maps.sum((1, 2))
-    assert (corner_mass > 0.4).all(), corner_mass  # a quarter of the image holds most of the map, not a quarter
+    assert in_corner.all(), (
+        f"peaks at {list(zip(rows.tolist(), columns.tolist()))}, not in the top-right quarter"
+    )
+    corner_mass = maps[:, : SIZE // 2, SIZE // 2 :].sum((1, 2)) / maps.sum((1, 2))
+    assert (corner_mass > 0.4).all(), (
+        corner_mass
+    )  # a quarter of the image holds most of the map, not a quarter
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_every_architecture_gives_maps_at_the_input_size(arch):
     torch.manual_seed(0)
     model = build_model(arch, 3).eval()
-    freeze_backbone(model, arch)  # as the pipeline trains by default: gradients must still reach the CAM layer
+    freeze_backbone(
+        model, arch
+    )  # as the pipeline trains by default: gradients must still reach the CAM layer
     size = max(ARCHITECTURES[arch].min_size, 32) + 8
     images = torch.randn(2, 3, size, size + 4)
     maps = grad_cam(model, arch, images, torch.tensor([0, 2]))
@@ -86,14 +94,50 @@ def test_grids_cover_the_most_frequent_confusions_with_contrast(tmp_path):
         loaded.append(list(indices))
         return images[indices]
 
-    written = write_grids(model, "resnet18", load, targets, logits, names, preprocessing_spec(32), tmp_path, pairs=2,
-                          wrong=2, right=1)
+    written = write_grids(
+        model,
+        "resnet18",
+        load,
+        targets,
+        logits,
+        names,
+        preprocessing_spec(32),
+        tmp_path,
+        pairs=2,
+        wrong=2,
+        right=1,
+    )
     assert [p.name for p in written] == ["01_cat_as_dog-puppy.png", "02_dog-puppy_as_c-t.png"]
     assert loaded == [[0, 1, 3], [5, 6, 4]]  # two of the three mistakes, then one it got right
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
-    assert write_grids(model, "resnet18", load, targets, logits, names, preprocessing_spec(32), tmp_path / "none",
-                       pairs=0, wrong=2, right=1) == []
-    perfect = write_grids(model, "resnet18", load, targets, logits.scatter(1, targets.view(-1, 1), 5.0), names,
-                          preprocessing_spec(32), tmp_path / "perfect", pairs=2, wrong=2, right=1)
+    assert (
+        write_grids(
+            model,
+            "resnet18",
+            load,
+            targets,
+            logits,
+            names,
+            preprocessing_spec(32),
+            tmp_path / "none",
+            pairs=0,
+            wrong=2,
+            right=1,
+        )
+        == []
+    )
+    perfect = write_grids(
+        model,
+        "resnet18",
+        load,
+        targets,
+        logits.scatter(1, targets.view(-1, 1), 5.0),
+        names,
+        preprocessing_spec(32),
+        tmp_path / "perfect",
+        pairs=2,
+        wrong=2,
+        right=1,
+    )
     assert [p.name for p in perfect] == ["00_no_mistakes.png"]
     assert file_name(3, "", "////") == "03_class_as_class.png"

@@ -8,8 +8,11 @@ from imgcls.data.splits import SplitError, assign_splits, check_class_sizes, ded
 
 
 def items(counts: dict[str, int]) -> list[dict]:
-    return [{"source": f"{label}/{i}.png", "label": label, "pixels_sha256": f"{label}-{i}"}
-            for label, n in counts.items() for i in range(n)]
+    return [
+        {"source": f"{label}/{i}.png", "label": label, "pixels_sha256": f"{label}-{i}"}
+        for label, n in counts.items()
+        for i in range(n)
+    ]
 
 
 def test_same_seed_same_splits_other_seed_differs():
@@ -31,12 +34,16 @@ def test_stratified_fractions_per_class():
 
 def test_duplicates_kept_once_and_conflicts_dropped():
     data = items({"a": 5, "b": 5})
-    data.append({"source": "a/copy.png", "label": "a", "pixels_sha256": "a-0"})      # same class twice
-    data.append({"source": "b/clash.png", "label": "b", "pixels_sha256": "a-1"})     # same content, two classes
+    data.append({"source": "a/copy.png", "label": "a", "pixels_sha256": "a-0"})  # same class twice
+    data.append({"source": "b/clash.png", "label": "b", "pixels_sha256": "a-1"})  # same content, two classes
     kept, excluded = deduplicate(data, on_conflict="drop")
     assert len({k["pixels_sha256"] for k in kept}) == len(kept) == 9
     reasons = {e["source"]: e["kind"] for e in excluded}
-    assert reasons == {"a/copy.png": "duplicate", "a/1.png": "label_conflict", "b/clash.png": "label_conflict"}
+    assert reasons == {
+        "a/copy.png": "duplicate",
+        "a/1.png": "label_conflict",
+        "b/clash.png": "label_conflict",
+    }
     with pytest.raises(SplitError, match="(?s)a/1.png, b/clash.png.*on_conflict: drop"):
         deduplicate(data, on_conflict="fail")
 
@@ -52,6 +59,8 @@ def test_small_class_fails_with_counts_or_is_dropped_and_reported():
 
 
 def test_too_few_images_for_a_split_says_which_fraction():
-    with pytest.raises(SplitError, match=r"10 images give 1 test images, fewer than the 2 classes.*test_fraction=0.05"):
+    with pytest.raises(
+        SplitError, match=r"10 images give 1 test images, fewer than the 2 classes.*test_fraction=0.05"
+    ):
         assign_splits(items({"a": 5, "b": 5}), 0.2, 0.05, seed=0)
     assert len(assign_splits(items({"a": 5, "b": 5}), 0.2, 0.2, seed=0)) == 10

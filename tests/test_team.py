@@ -37,7 +37,9 @@ def test_a_fresh_clone_pulls_everything_and_has_nothing_to_rerun(trained_repo, t
     repo, env = trained_repo
     remote = tmp_path / "remote"
     commit_results(repo, env)
-    run(["dvc", "remote", "add", "--local", "-d", "team", str(remote)], repo, env)  # .dvc/config.local: not committed
+    run(
+        ["dvc", "remote", "add", "--local", "-d", "team", str(remote)], repo, env
+    )  # .dvc/config.local: not committed
     try:
         pushed = run(["dvc", "push"], repo, env)
         assert "pushed" in pushed.stdout, pushed.stdout
@@ -49,10 +51,20 @@ def test_a_fresh_clone_pulls_everything_and_has_nothing_to_rerun(trained_repo, t
     run(["dvc", "remote", "add", "--local", "-d", "team", str(remote)], clone, env)
     run(["dvc", "pull"], clone, env)
     outputs = lock_outputs(repo)
-    assert {"models/model.pt", "models/pretrained.pt", "models/checkpoint.pt", "data/prepared",
-            "models/export"} <= set(outputs)
-    for path in ("models/model.pt", "models/pretrained.pt", "models/checkpoint.pt", "models/export/model.onnx",
-                 "data/prepared/manifest.csv"):
+    assert {
+        "models/model.pt",
+        "models/pretrained.pt",
+        "models/checkpoint.pt",
+        "data/prepared",
+        "models/export",
+    } <= set(outputs)
+    for path in (
+        "models/model.pt",
+        "models/pretrained.pt",
+        "models/checkpoint.pt",
+        "models/export/model.onnx",
+        "data/prepared/manifest.csv",
+    ):
         assert digest(clone / path) == digest(repo / path), path
     status = run(["dvc", "status"], clone, env)
     assert "Data and pipelines are up to date." in status.stdout, status.stdout
@@ -65,10 +77,30 @@ def mlflow_server(tmp_path):
     """`mlflow server` on 127.0.0.1 over a sqlite store, serving the artifacts itself; yields its URI."""
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    server = start_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--serve-artifacts",
-                           "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-                          f"{uri}/health", tmp_path, None, tmp_path / "server.log", wait=120)
+    server = start_server(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+            "--workers",
+            "1",
+        ],
+        f"{uri}/health",
+        tmp_path,
+        None,
+        tmp_path / "server.log",
+        wait=120,
+    )
     try:
         yield uri
     finally:
@@ -89,9 +121,14 @@ def test_every_stage_logs_to_one_mlflow_server(trained_repo, tmp_path, mlflow_se
     client = MlflowClient(mlflow_server)
     [found] = client.search_runs([client.get_experiment_by_name("image-classifier").experiment_id])
     assert found.info.status == "FINISHED" and json.loads((copy / "models/run.json").read_text()) == {
-        "run_id": found.info.run_id, "experiment_id": found.info.experiment_id, "tracking_uri": mlflow_server}
+        "run_id": found.info.run_id,
+        "experiment_id": found.info.experiment_id,
+        "tracking_uri": mlflow_server,
+    }
     assert {"train_loss", "val_accuracy", "export_onnx_max_abs_diff"} <= set(found.data.metrics)
-    stored = {p.name for p in (tmp_path / "server-artifacts").rglob("*") if p.is_file()}  # by the server, not here
+    stored = {
+        p.name for p in (tmp_path / "server-artifacts").rglob("*") if p.is_file()
+    }  # by the server, not here
     assert {"model_card.json", "model.onnx"} <= stored, stored
     downloaded = Path(client.download_artifacts(found.info.run_id, "", str(tmp_path / "downloaded")))
     cards = list(downloaded.rglob("model_card.json"))  # export/ and the logged model's own copy
@@ -107,7 +144,9 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
     for name, lr in grid.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"], repo, env)
     try:
-        run(["dvc", "queue", "start", "-j", "2"], repo, env, timeout=120)  # its workers are daemons: see finally
+        run(
+            ["dvc", "queue", "start", "-j", "2"], repo, env, timeout=120
+        )  # its workers are daemons: see finally
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             status = run(["dvc", "queue", "status"], repo, env, timeout=120).stdout
@@ -130,7 +169,9 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
         assert "best_val_accuracy" in revision["data"]["metrics"]["metrics/train.json"]["data"]
     readme = (ROOT / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.startswith("dvc exp show "))
-    table = run(["bash", "-c", command.split("  #")[0] + " --no-pager"], repo, env | {"COLUMNS": "400"}).stdout
+    table = run(
+        ["bash", "-c", command.split("  #")[0] + " --no-pager"], repo, env | {"COLUMNS": "400"}
+    ).stdout
     assert all(name in table for name in grid) and "test_accuracy" in table and "train.lr" in table, table
     assert max(len(line.rstrip()) for line in table.splitlines()) <= 200, table  # the README's line fits
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")

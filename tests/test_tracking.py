@@ -24,7 +24,9 @@ def test_store_location_follows_dvc_root_and_env(monkeypatch, tmp_path):
 
 def test_unreachable_store_fails_before_training(monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # loopback, nothing listens there
-    monkeypatch.chdir(tmp_path)  # no models/pretrained.pt: were the store not checked first, FileNotFoundError
+    monkeypatch.chdir(
+        tmp_path
+    )  # no models/pretrained.pt: were the store not checked first, FileNotFoundError
     params = load_params(ROOT / "params.yaml", overrides={"train": {"epochs": 1}})
     with pytest.raises(RuntimeError, match="MLflow tracking server http://127.0.0.1:9 does not answer"):
         train.run(build_context("train", params))
@@ -34,6 +36,7 @@ def test_unreachable_store_fails_before_training(monkeypatch, tmp_path):
 def test_dirty_means_code_or_data_not_outputs_or_params(tmp_path):
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
     git("init", "-q")
     git("config", "user.email", "t@example.com")
     git("config", "user.name", "t")

@@ -24,6 +24,7 @@ def test_non_finite_loss_stops_training_naming_epoch_and_step():
         calls.append(1)
         loss = nn.functional.cross_entropy(logits, targets)
         return loss * float("nan") if len(calls) >= 3 else loss
+
     with pytest.raises(TrainingDiverged, match=r"not finite at epoch 7, step 3"):
         train_one_epoch(model, loader, loss_fn, optimizer, scheduler, torch.device("cpu"), epoch=7)
     assert len(calls) == 3  # stopped at the bad step, not at the end of the epoch
@@ -33,5 +34,6 @@ def test_parity_gate_refuses_non_finite_logits(tmp_path):
     class Broken(nn.Module):
         def forward(self, x):
             return x.flatten(1)[:, :3] * float("nan")
+
     with pytest.raises(RuntimeError, match="non-finite logits"):
         check_parity(Broken(), tmp_path, torch.randn(2, 3, 4, 4), atol=1e-4)

@@ -1,7 +1,7 @@
-"""What a person sees, checked in a real browser (headless Chromium from Debian, driven by Playwright): the MLflow
-UI as a new user first opens it and through the link `train` prints, comparing two runs that differ in train.lr,
-and the page `dvc plots show` writes, with the network shut. Screenshots are saved under $UI_SCREENSHOTS
-(default: this test's temporary folder) so a person can look at them too."""
+"""What a person sees, checked in a real browser (headless Chromium from Debian, driven by Playwright): the
+MLflow UI as a new user first opens it and through the link `train` prints, comparing two runs that differ in
+train.lr, and the page `dvc plots show` writes, with the network shut. Screenshots are saved under
+$UI_SCREENSHOTS (default: this test's temporary folder) so a person can look at them too."""
 
 from __future__ import annotations
 
@@ -20,18 +20,25 @@ from mlflow import MlflowClient
 
 from tests.conftest import free_port, run, start_server
 
-pytestmark = [pytest.mark.pipeline, pytest.mark.slow]  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
+pytestmark = [
+    pytest.mark.pipeline,
+    pytest.mark.slow,
+]  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
-# MLflow 3.17 opens its chat panel beside every page on a first visit; keep it shut so screenshots show the page
-KEEP_ASSISTANT_CLOSED = """window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
+# MLflow 3.17 opens its chat panel beside every page on a first visit:
+# keep it shut so screenshots show the page
+KEEP_ASSISTANT_CLOSED = """\
+window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
                            window.localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');"""
 
 
 def chromium() -> str:
     found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
-        pytest.fail("Chromium is not installed: run tests/install_browser.sh (Debian's chromium package), set "
-                    "CHROMIUM=/path/to/chromium, or leave these tests out with -m 'not slow'")
+        pytest.fail(
+            "Chromium is not installed: run tests/install_browser.sh (Debian's chromium package), set "
+            "CHROMIUM=/path/to/chromium, or leave these tests out with -m 'not slow'"
+        )
     return found
 
 
@@ -53,9 +60,26 @@ def shots(tmp_path) -> Path:
 
 
 def mlflow_server(repo: Path, env: dict, port: int) -> subprocess.Popen:
-    return start_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                         "--backend-store-uri", f"sqlite:///{repo / 'mlflow.db'}", "--workers", "1"],
-                        f"http://127.0.0.1:{port}/health", repo, env, repo.parent / f"mlflow-server-{port}.log")
+    return start_server(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{repo / 'mlflow.db'}",
+            "--workers",
+            "1",
+        ],
+        f"http://127.0.0.1:{port}/health",
+        repo,
+        env,
+        repo.parent / f"mlflow-server-{port}.log",
+    )
 
 
 def loaded_images(locator) -> list[int]:
@@ -66,7 +90,8 @@ def loaded_images(locator) -> list[int]:
 def metric_values(page, name: str) -> list[str] | None:
     """The values the compare view shows for metric `name`, one per run. Names and values are two virtualised
     grids (only rows in view exist) whose cells line up by their `top`: scroll both until the row appears."""
-    return page.evaluate("""async (name) => {
+    return page.evaluate(
+        """async (name) => {
         let table = document.querySelector('a[title="Plot chart"]').closest('.ReactVirtualized__Grid');
         while (table.querySelectorAll('.ReactVirtualized__Grid').length < 2) table = table.parentElement;
         const [names, values] = table.querySelectorAll('.ReactVirtualized__Grid');
@@ -74,12 +99,16 @@ def metric_values(page, name: str) -> list[str] | None:
             names.scrollTop = top;
             values.scrollTop = top;
             await new Promise(resolve => setTimeout(resolve, 150));
-            const link = [...names.querySelectorAll('a[title="Plot chart"]')].find(a => a.textContent.trim() === name);
-            const cells = link ? values.querySelectorAll('[style*="top: ' + link.parentElement.style.top + ';"]') : [];
+            const link = [...names.querySelectorAll('a[title="Plot chart"]')]
+                .find(a => a.textContent.trim() === name);
+            const top = link ? link.parentElement.style.top : null;
+            const cells = link ? values.querySelectorAll('[style*="top: ' + top + ';"]') : [];
             if (cells.length) return [...cells].map(cell => cell.textContent.trim());
         }
         return null;
-    }""", name)
+    }""",
+        name,
+    )
 
 
 def close_assistant(page) -> None:
@@ -95,10 +124,10 @@ def printed_link(output: str) -> str:
 
 
 def test_a_new_user_reaches_the_runs_table_with_its_headline_figures(trained_repo, browser, shots):
-    """From the UI's home page in a fresh browser, the experiment's own link opens MLflow 3.17's GenAI overview
-    (its switch defaults to GenAI per browser: mlflow/mlflow#24498); the link `train` prints opens the runs
-    table with the test figures and the logged model as columns, and so does the home page's link once the
-    user has chosen "Model training" in that browser."""
+    """From the UI's home page in a fresh browser, the experiment's own link opens MLflow 3.17's GenAI
+    overview (its switch defaults to GenAI per browser: mlflow/mlflow#24498); the link `train` prints opens
+    the runs table with the test figures and the logged model as columns, and so does the home page's link
+    once the user has chosen "Model training" in that browser."""
     repo, env = trained_repo
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
@@ -106,7 +135,9 @@ def test_a_new_user_reaches_the_runs_table_with_its_headline_figures(trained_rep
     port = free_port()
     server = mlflow_server(repo, env, port)
     try:
-        context = browser.new_context(viewport={"width": 1600, "height": 1000})  # a fresh profile: nothing stored
+        context = browser.new_context(
+            viewport={"width": 1600, "height": 1000}
+        )  # a fresh profile: nothing stored
         page = context.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         page.get_by_role("link", name="image-classifier").first.click()
@@ -116,9 +147,12 @@ def test_a_new_user_reaches_the_runs_table_with_its_headline_figures(trained_rep
         first_seen = urllib.parse.unquote(page.url)
         assert "workflowType=genai" in first_seen and "/overview" in first_seen  # MLflow's default, not ours
 
-        link = printed_link((repo.parent / "first_repro.txt").read_text()).replace("127.0.0.1:5000",
-                                                                                  f"127.0.0.1:{port}")
-        page.set_viewport_size({"width": 2400, "height": 1000})  # every column in view (the table virtualises)
+        link = printed_link((repo.parent / "first_repro.txt").read_text()).replace(
+            "127.0.0.1:5000", f"127.0.0.1:{port}"
+        )
+        page.set_viewport_size(
+            {"width": 2400, "height": 1000}
+        )  # every column in view (the table virtualises)
         page.goto(link)
         close_assistant(page)
         table = page.locator(".ag-root")
@@ -126,8 +160,12 @@ def test_a_new_user_reaches_the_runs_table_with_its_headline_figures(trained_rep
         page.wait_for_timeout(1000)
         page.screenshot(path=shots / "1_runs_through_the_printed_link.png")
         headers = [t.strip() for t in page.get_by_role("columnheader").all_inner_texts()]
-        assert {"Models", "test_accuracy", "test_f1_macro", "test_ece_calibrated", "train.lr"} <= set(headers), headers
-        shown = table.inner_text()  # a row's cells sit in two containers (pinned and scrolled): read the table
+        assert {"Models", "test_accuracy", "test_f1_macro", "test_ece_calibrated", "train.lr"} <= set(
+            headers
+        ), headers
+        shown = (
+            table.inner_text()
+        )  # a row's cells sit in two containers (pinned and scrolled): read the table
         assert f"{metrics['test_accuracy']:.4f}"[:5] in shown  # the figure, in its column
         version = json.loads((repo / "models/export/registry.json").read_text())["version"]
         assert re.search(rf"image-classifier\s+v{version}\b", shown), shown  # the model, in the Models column
@@ -144,20 +182,27 @@ def test_a_new_user_reaches_the_runs_table_with_its_headline_figures(trained_rep
         server.wait(timeout=30)
 
 
-def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_version(trained_repo, browser, shots):
+def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_version(
+    trained_repo, browser, shots
+):
     repo, env = trained_repo
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     first = json.loads((repo / "models/run.json").read_text())["run_id"]  # exported and registered
     other = "0.003" if client.get_run(first).data.params["train.lr"] != "0.003" else "0.004"
     run(["dvc", "exp", "run", "--temp", "-S", f"train.lr={other}", "-n", "ui-lr", "evaluate"], repo, env)
-    second = client.search_runs([client.get_run(first).info.experiment_id], "tags.`dvc.experiment` = 'ui-lr'",
-                                order_by=["attributes.start_time DESC"])[0].info.run_id
+    second = client.search_runs(
+        [client.get_run(first).info.experiment_id],
+        "tags.`dvc.experiment` = 'ui-lr'",
+        order_by=["attributes.start_time DESC"],
+    )[0].info.run_id
     runs = {run_id: client.get_run(run_id) for run_id in (first, second)}
     names = {run_id: r.info.run_name for run_id, r in runs.items()}
     lrs = {run_id: r.data.params["train.lr"] for run_id, r in runs.items()}
     assert lrs[second] == other != lrs[first]
     experiment = runs[first].info.experiment_id
-    [version] = [v for v in client.search_model_versions(f"run_id='{first}'") if "model_card_sha256" in v.tags]
+    [version] = [
+        v for v in client.search_model_versions(f"run_id='{first}'") if "model_card_sha256" in v.tags
+    ]
 
     port = free_port()
     server = mlflow_server(repo, env, port)
@@ -188,23 +233,29 @@ def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_ver
             values = metric_values(page, metric)
             expected = sorted(runs[run_id].data.metrics[metric] for run_id in runs)
             assert sorted(map(float, values)) == pytest.approx(expected, abs=6e-4), (metric, values, expected)
-        page.reload()  # the grids were scrolled apart above; show them as a person scrolls them, with the wheel
+        # the grids were scrolled apart above; show them as a person scrolls them, with the wheel
+        page.reload()
         page.get_by_text("Comparing 2 Runs").wait_for()
         first_metric = page.locator('a[title="Plot chart"]').first
         first_metric.scroll_into_view_if_needed()
         box = first_metric.bounding_box()
         page.mouse.move(box["x"] + box["width"] + 300, box["y"] + box["height"] / 2)  # over the values grid
-        page.mouse.wheel(0, 45 * (len(runs[first].data.metrics) - 6))  # to the last rows: test_* and temperature
+        page.mouse.wheel(
+            0, 45 * (len(runs[first].data.metrics) - 6)
+        )  # to the last rows: test_* and temperature
         page.wait_for_timeout(500)
         page.screenshot(path=shots / "3_compare_metrics.png")
 
-        # the compare view's artifacts: the pictures both runs hold (their root files, named alike), side by side
+        # the compare view's artifacts: the pictures both runs hold (their root files, named alike),
+        # side by side
         page.get_by_text("Artifacts", exact=True).first.scroll_into_view_if_needed()
         page.screenshot(path=shots / "3a_compare_artifacts.png")
         before = len([w for w in loaded_images(page.locator("img")) if w])
         page.get_by_text("confusion_matrix.png", exact=True).last.click()
-        page.wait_for_function("n => Array.from(document.images).filter(i => i.complete && i.naturalWidth).length "
-                               ">= n + 2", arg=before)
+        page.wait_for_function(
+            "n => Array.from(document.images).filter(i => i.complete && i.naturalWidth).length >= n + 2",
+            arg=before,
+        )
         page.get_by_text("confusion_matrix.png", exact=True).last.scroll_into_view_if_needed()
         page.screenshot(path=shots / "3b_compare_pictures.png")
 
@@ -213,16 +264,24 @@ def test_mlflow_ui_compares_two_runs_with_their_curves_images_and_registered_ver
         page.goto(f"{base}/runs?workflowType=machine_learning&compareRunsMode=CHART&searchFilter={search}")
         charts = page.get_by_placeholder("Search metric charts")
         charts.fill("val_accuracy")
-        curve = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
-            has=page.get_by_text("val_accuracy", exact=True)).first
+        curve = (
+            page.locator("[data-testid=experiment-view-compare-runs-card]")
+            .filter(has=page.get_by_text("val_accuracy", exact=True))
+            .first
+        )
         curve.locator(".js-plotly-plot .scatterlayer .trace").first.wait_for()
         page.screenshot(path=shots / "4_chart_val_accuracy.png")
-        assert curve.locator(".scatterlayer .trace").count() >= 2  # plotly draws each run's line (and markers)
+        assert (
+            curve.locator(".scatterlayer .trace").count() >= 2
+        )  # plotly draws each run's line (and markers)
         assert all(f"{names[run_id]} (val_accuracy)" in curve.inner_text() for run_id in runs)  # the legend
         for key in ("confusion_matrix", "reliability", "saliency_01"):
             charts.fill(key)
-            card = page.locator("[data-testid=experiment-view-compare-runs-card]").filter(
-                has=page.get_by_text(key, exact=True)).first
+            card = (
+                page.locator("[data-testid=experiment-view-compare-runs-card]")
+                .filter(has=page.get_by_text(key, exact=True))
+                .first
+            )
             card.locator("img").first.wait_for()
             page.wait_for_function("() => Array.from(document.images).every(i => i.complete)")
             widths = loaded_images(card.locator("img"))

@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 
 @pytest.fixture(autouse=True)
 def in_workspace(tmp_path, monkeypatch):
-    """pretrain writes models/pretrained.pt and its metrics inside the current folder: here, the test's own."""
+    """pretrain writes models/pretrained.pt and its metrics inside the current folder: the test's own."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -25,7 +25,11 @@ def pretrain_params(tmp_path, **changes):
 def test_local_file_is_loaded_with_provenance(tmp_path):
     source = get_model("resnet18", weights=None)
     torch.save(source.state_dict(), tmp_path / "air-gapped.pth")
-    pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="file", file=str(tmp_path / "air-gapped.pth"))))
+    pretrain.run(
+        build_context(
+            "pretrain", pretrain_params(tmp_path, source="file", file=str(tmp_path / "air-gapped.pth"))
+        )
+    )
     checkpoint = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")
     assert checkpoint["arch"] == "resnet18"
     assert checkpoint["provenance"]["source"] == "file"
@@ -33,21 +37,36 @@ def test_local_file_is_loaded_with_provenance(tmp_path):
     assert torch.equal(checkpoint["state_dict"]["conv1.weight"], source.state_dict()["conv1.weight"])
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda p: p.write_bytes(b"\x00garbage" * 100), r"is not a PyTorch weights file"),
-    (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
-    (lambda p: torch.save(get_model("resnet18", weights=None).state_dict(), p) or p.write_bytes(p.read_bytes()[:5000]),
-     r"is truncated or corrupt"),
-    (lambda p: torch.save(get_model("resnet18", weights=None), p),
-     r"holds a pickled Python object \(a whole model\?\)"),
-    (lambda p: torch.save(get_model("resnet34", weights=None).state_dict(), p), r"holds weights made for resnet34, "
-     r"not model.arch=resnet18"),
-    (lambda p: torch.save([1, 2, 3], p), r"is not a state dict"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: p.write_bytes(b"\x00garbage" * 100), r"is not a PyTorch weights file"),
+        (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
+        (
+            lambda p: (
+                torch.save(get_model("resnet18", weights=None).state_dict(), p)
+                or p.write_bytes(p.read_bytes()[:5000])
+            ),
+            r"is truncated or corrupt",
+        ),
+        (
+            lambda p: torch.save(get_model("resnet18", weights=None), p),
+            r"holds a pickled Python object \(a whole model\?\)",
+        ),
+        (
+            lambda p: torch.save(get_model("resnet34", weights=None).state_dict(), p),
+            r"holds weights made for resnet34, "
+            r"not model.arch=resnet18",
+        ),
+        (lambda p: torch.save([1, 2, 3], p), r"is not a state dict"),
+    ],
+)
 def test_bad_weights_file_gets_one_line_naming_it(tmp_path, make, message):
     path = tmp_path / "weights.pth"
     make(path)
-    with pytest.raises(WeightsError, match=f"^{tmp_path}/weights.pth \\(pretrain.file\\) {message}|^{path} {message}"):
+    with pytest.raises(
+        WeightsError, match=f"^{tmp_path}/weights.pth \\(pretrain.file\\) {message}|^{path} {message}"
+    ):
         pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="file", file=str(path))))
     assert not (tmp_path / "models/pretrained.pt").exists()
 
@@ -56,7 +75,11 @@ def test_pinned_full_sha256_is_enforced(tmp_path):
     path = tmp_path / "weights.pth"
     torch.save(get_model("resnet18", weights=None).state_dict(), path)
     with pytest.raises(WeightsError, match="not the pretrain.sha256"):
-        pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="file", file=str(path), sha256="0" * 64)))
+        pretrain.run(
+            build_context(
+                "pretrain", pretrain_params(tmp_path, source="file", file=str(path), sha256="0" * 64)
+            )
+        )
 
 
 def test_imagenet_offline_without_cache_names_file_and_alternatives(tmp_path, monkeypatch):
@@ -81,7 +104,11 @@ def test_imagenet_cache_file_with_wrong_hash_is_refused(tmp_path, monkeypatch):
 
 def test_none_is_seeded_random_init(tmp_path):
     pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="none", seed=3)))
-    first = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
+    first = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"][
+        "conv1.weight"
+    ]
     pretrain.run(build_context("pretrain", pretrain_params(tmp_path, source="none", seed=3)))
-    again = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"]["conv1.weight"]
+    again = load_checkpoint(tmp_path / "models/pretrained.pt", made_by="pretrain")["state_dict"][
+        "conv1.weight"
+    ]
     assert torch.equal(first, again)

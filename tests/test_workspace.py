@@ -1,5 +1,5 @@
-"""What a stage may touch: only the outputs dvc.yaml declares for it, inside the repository, none of them a file
-git tracks; and one stage at a time in a workspace. Real git, real files, real processes."""
+"""What a stage may touch: only the outputs dvc.yaml declares for it, inside the repository, none of them a
+file git tracks; and one stage at a time in a workspace. Real git, real files, real processes."""
 
 from __future__ import annotations
 
@@ -23,8 +23,13 @@ def repo(tmp_path):
     root.mkdir()
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, root / name)
-    for command in (["init", "-q"], ["config", "user.email", "t@example.com"], ["config", "user.name", "t"],
-                    ["add", "-A"], ["commit", "-qm", "pipeline"]):
+    for command in (
+        ["init", "-q"],
+        ["config", "user.email", "t@example.com"],
+        ["config", "user.name", "t"],
+        ["add", "-A"],
+        ["commit", "-qm", "pipeline"],
+    ):
         run(["git", *command], root, timeout=60)
     (root / ".dvc").mkdir()
     return root
@@ -40,8 +45,11 @@ def test_an_output_reached_through_a_link_outside_the_repository_is_refused(repo
     victim.mkdir()
     (victim / "precious.txt").write_text("keep me")
     (repo / "models").symlink_to(victim)  # models/export would land in victim/export
-    with pytest.raises(OutsideWorkspace, match=r"models/export resolves to .*victim/export, outside the "
-                                               r"repository .*: stage export deletes and rewrites it"):
+    with pytest.raises(
+        OutsideWorkspace,
+        match=r"models/export resolves to .*victim/export, outside the "
+        r"repository .*: stage export deletes and rewrites it",
+    ):
         check_outputs("export", repo)
     assert (victim / "precious.txt").read_text() == "keep me"
 
@@ -50,8 +58,11 @@ def test_a_file_git_tracks_inside_a_cached_output_is_refused(repo):
     (repo / "models" / "export").mkdir(parents=True)
     (repo / "models" / "export" / "notes.md").write_text("my notes")
     subprocess.run(["git", "add", "-f", "models/export/notes.md"], cwd=repo, check=True, timeout=60)
-    with pytest.raises(OutsideWorkspace, match=r"git tracks models/export/notes\.md, inside an output of stage "
-                                               r"export .*\(`git rm -r --cached models/export/notes\.md`"):
+    with pytest.raises(
+        OutsideWorkspace,
+        match=r"git tracks models/export/notes\.md, inside an output of stage "
+        r"export .*\(`git rm -r --cached models/export/notes\.md`",
+    ):
         check_outputs("export", repo)
     check_outputs("evaluate", repo)  # committed results (metrics, plots) are tracked by design
 
@@ -60,8 +71,11 @@ def test_dvc_yaml_that_declares_other_outputs_is_refused(repo):
     pipeline = yaml.safe_load((repo / "dvc.yaml").read_text())
     pipeline["stages"]["export"]["outs"] = ["../victim"]
     (repo / "dvc.yaml").write_text(yaml.safe_dump(pipeline))
-    with pytest.raises(OutsideWorkspace, match=r"dvc\.yaml declares \['\.\./victim'\] as the outputs of stage export, "
-                                               r"but the stage writes \['models/export'\]"):
+    with pytest.raises(
+        OutsideWorkspace,
+        match=r"dvc\.yaml declares \['\.\./victim'\] as the outputs of stage export, "
+        r"but the stage writes \['models/export'\]",
+    ):
         check_outputs("export", repo)
 
 
@@ -77,16 +91,29 @@ def test_a_stage_started_while_another_runs_is_refused_naming_it(repo):
 def test_a_stage_process_refuses_to_start_beside_a_running_one(repo):
     """The lock is held across processes: `python -m stages.prepare` while another stage runs exits 1 in one
     line, having touched nothing."""
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from stages.workspace import one_stage_at_a_time\n"
-                               f"with one_stage_at_a_time('train', Path({str(repo)!r})):\n"
-                               "    print('holding', flush=True); time.sleep(60)"],
-                              cwd=ROOT, stdout=subprocess.PIPE, text=True, env=clean_env())
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; "
+            "from stages.workspace import one_stage_at_a_time\n"
+            f"with one_stage_at_a_time('train', Path({str(repo)!r})):\n"
+            "    print('holding', flush=True); time.sleep(60)",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=clean_env(),
+    )
     try:
         assert holder.stdout.readline().strip() == "holding"
         start = time.monotonic()
-        result = attempt([sys.executable, "-m", "stages.prepare"], repo, clean_env() | {"PYTHONPATH": str(ROOT)},
-                         timeout=120)
+        result = attempt(
+            [sys.executable, "-m", "stages.prepare"],
+            repo,
+            clean_env() | {"PYTHONPATH": str(ROOT)},
+            timeout=120,
+        )
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert "stage train (pid" in result.stderr and "is running in this workspace" in result.stderr
         assert time.monotonic() - start < 60 and not (repo / "data" / "prepared").exists()

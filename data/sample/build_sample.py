@@ -17,13 +17,23 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CLASS_NAMES = ["t-shirt_top", "trouser", "pullover", "dress", "coat",
-               "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+CLASS_NAMES = [
+    "t-shirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+]
 # The four tops look alike: a hard task where a pretrained backbone can matter.
 TARGET = ["t-shirt_top", "pullover", "coat", "shirt"]
 SOURCE_PER_CLASS = 500
-TARGET_PER_CLASS = 25   # few labelled images (20 train, 5 val): where starting weights matter
-TEST_PER_CLASS = 600    # 2,400 test images: the accuracy's 95% interval is about ±1.8 points
+TARGET_PER_CLASS = 25  # few labelled images (20 train, 5 val): where starting weights matter
+TEST_PER_CLASS = 600  # 2,400 test images: the accuracy's 95% interval is about ±1.8 points
 SEED = 0
 
 
@@ -36,13 +46,16 @@ def read_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def write_set(out: Path, images, labels, classes: list[str], per_class: int, prefix: str,
-              taken: set[int] | None = None) -> set[int]:
+def write_set(
+    out: Path, images, labels, classes: list[str], per_class: int, prefix: str, taken: set[int] | None = None
+) -> set[int]:
     """Write `per_class` seeded-random images of each class (none of `taken`) as PNGs under out/<class>/;
     returns the indices written."""
     rng, written = np.random.default_rng(SEED), set()
     for name in classes:
-        index = np.array([i for i in np.flatnonzero(labels == CLASS_NAMES.index(name)) if i not in (taken or ())])
+        index = np.array(
+            [i for i in np.flatnonzero(labels == CLASS_NAMES.index(name)) if i not in (taken or ())]
+        )
         chosen = np.sort(rng.choice(index, size=per_class, replace=False))
         (out / name).mkdir(parents=True, exist_ok=True)
         for i in chosen:

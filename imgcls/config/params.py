@@ -15,9 +15,16 @@ from imgcls.model.architectures import ARCHITECTURES
 ARCHS = tuple(ARCHITECTURES)
 # Params that change how fast or where a stage runs, not what it computes: a killed train resumes across them,
 # and a run is compared with a reference made with other values of them.
-DOES_NOT_CHANGE_RESULTS = ("train.checkpoint_every", "runtime.num_workers", "train.distributed.timeout",
-                           "train.distributed.master_addr", "train.distributed.master_port", "prepare.workers",
-                           "tracking.timeout", "runtime.allow_dirty")
+DOES_NOT_CHANGE_RESULTS = (
+    "train.checkpoint_every",
+    "runtime.num_workers",
+    "train.distributed.timeout",
+    "train.distributed.master_addr",
+    "train.distributed.master_port",
+    "prepare.workers",
+    "tracking.timeout",
+    "runtime.allow_dirty",
+)
 
 
 def choice(*allowed: str):
@@ -36,6 +43,7 @@ class ModelParams:
 @dataclass(frozen=True)
 class RuntimeParams:
     """How every stage runs: the one section every stage may read."""
+
     device: str = choice("auto", "cpu", "cuda")
     reproducible: bool
     threads: int = number(0, 1024)
@@ -165,8 +173,12 @@ class Params:
 
     def inputs(self) -> dict[str, str]:
         """{param key: path} of the user's data and weights, which no stage may write."""
-        found = {"prepare.data": self.prepare.data, "prepare.test_data": self.prepare.test_data,
-                 "pretrain.data": self.pretrain.data, "pretrain.file": self.pretrain.file}
+        found = {
+            "prepare.data": self.prepare.data,
+            "prepare.test_data": self.prepare.test_data,
+            "pretrain.data": self.pretrain.data,
+            "pretrain.file": self.pretrain.file,
+        }
         return {key: path for key, path in found.items() if path}
 
 
@@ -181,7 +193,11 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None)
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(error, "problem", None) or error
-        fix = "" if "appears twice" in str(problem) else "; fix the syntax (indentation, a missing ':' or an unclosed quote)"
+        fix = (
+            ""
+            if "appears twice" in str(problem)
+            else "; fix the syntax (indentation, a missing ':' or an unclosed quote)"
+        )
         raise ValueError(f"{path} is not valid YAML{where}: {problem}{fix}") from None
     except UnicodeDecodeError:
         raise ValueError(f"{path} is not UTF-8 text; save it as UTF-8") from None
@@ -195,5 +211,3 @@ def parse_params(raw: dict, source: str) -> Params:
     params = build(Params, raw, source, "")
     check_together(params, source)
     return params
-
-

@@ -20,8 +20,12 @@ def _unique_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = F
         line = key_node.start_mark.line + 1
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"key `{key}` appears twice in one section (lines {seen[key]} and {line}), and only "
-                "one would count; keep one", key_node.start_mark)
+                None,
+                None,
+                f"key `{key}` appears twice in one section (lines {seen[key]} and {line}), and only "
+                "one would count; keep one",
+                key_node.start_mark,
+            )
         seen[key] = line
     return loader.construct_mapping(node, deep=deep)
 
@@ -33,5 +37,7 @@ def read_yaml(text: str):
 
 StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)

@@ -30,7 +30,8 @@ def load_rgb(path: str) -> Image.Image:
     except OSError as error:
         raise UnreadableImageError(
             f"cannot read {path}: {error}. The prepared data changed after the prepare stage; "
-            "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)") from error
+            "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)"
+        ) from error
 
 
 def read_image(path: str) -> torch.Tensor:
@@ -39,13 +40,16 @@ def read_image(path: str) -> torch.Tensor:
     try:
         with open(path, "rb") as f:
             data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders for TorchCodec's: one per image
+        with (
+            warnings.catch_warnings()
+        ):  # torchvision 0.29 deprecates its decoders for TorchCodec's: one per image
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_image(data, mode=ImageReadMode.RGB)
     except (OSError, RuntimeError) as error:
         raise UnreadableImageError(
             f"cannot read {path}: {error}. The prepared data changed after the prepare stage; "
-            "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)") from error
+            "re-create it with `dvc repro prepare` (or `dvc checkout data/prepared`)"
+        ) from error
 
 
 def image_folder(root: str, transform, loader=load_rgb) -> datasets.ImageFolder:
@@ -60,7 +64,9 @@ def split_folder(prepared: str | Path, split: str, transform) -> datasets.ImageF
     prepared = Path(prepared)
     manifest = prepared / "manifest.csv"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest} not found: it is made by the prepare stage (`dvc repro prepare`)")
+        raise FileNotFoundError(
+            f"{manifest} not found: it is made by the prepare stage (`dvc repro prepare`)"
+        )
     with open(manifest, newline="", encoding="utf-8") as f:
         expected = {row["file"] for row in csv.DictReader(f) if row["split"] == split}
     dataset = image_folder(str(prepared / split), transform, loader=read_image)
@@ -68,16 +74,18 @@ def split_folder(prepared: str | Path, split: str, transform) -> datasets.ImageF
     if found != expected:
         missing, extra = sorted(expected - found), sorted(found - expected)
         raise UnreadableImageError(
-            f"{prepared / split} no longer matches {manifest}: missing {missing[:10]}, unexpected {extra[:10]}"
+            f"{prepared / split} no longer matches {manifest}: missing {missing[:10]}, unexpected "
+            f"{extra[:10]}"
             f" ({len(missing)} missing, {len(extra)} unexpected). Re-create it with `dvc repro prepare` "
-            "(or `dvc checkout data/prepared`)")
+            "(or `dvc checkout data/prepared`)"
+        )
     return dataset
 
 
 class DecodedImages(Dataset):
-    """An ImageFolder decoded once into uint8 tensors in RAM (`train.cache_images`): later epochs only crop and
-    flip. The same pixels and the same transform as reading the files, so the same batches. Worker processes
-    share the tensors (fork, copy-on-write)."""
+    """An ImageFolder decoded once into uint8 tensors in RAM (`train.cache_images`): later epochs only crop
+    and flip. The same pixels and the same transform as reading the files, so the same batches. Worker
+    processes share the tensors (fork, copy-on-write)."""
 
     def __init__(self, dataset: datasets.ImageFolder, num_workers: int):
         check_memory(dataset.loader(dataset.samples[0][0]).numel() * len(dataset), dataset.root)
@@ -100,22 +108,34 @@ class DecodedImages(Dataset):
 
 
 def check_memory(needed: int, root: str) -> None:
-    """Refuse a RAM cache estimated at more than half of the memory available now (Linux; elsewhere: no check)."""
+    """Refuse a RAM cache estimated at more than half of the memory available now (Linux; elsewhere: no
+    check).
+    """
     meminfo = Path("/proc/meminfo")
     if not meminfo.is_file():
         return
-    available = next((int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
-                      if line.startswith("MemAvailable:")), None)
+    available = next(
+        (
+            int(line.split()[1]) * 1024
+            for line in meminfo.read_text().splitlines()
+            if line.startswith("MemAvailable:")
+        ),
+        None,
+    )
     if available and needed > available // 2:
-        raise ValueError(f"train.cache_images: decoding {root} would take about {needed / 2**30:.1f} GiB, more than "
-                         f"half of the {available / 2**30:.1f} GiB available; set train.cache_images: false "
-                         "(or a smaller prepare.image_size)")
+        raise ValueError(
+            f"train.cache_images: decoding {root} would take about {needed / 2**30:.1f} GiB, more than "
+            f"half of the {available / 2**30:.1f} GiB available; set train.cache_images: false "
+            "(or a smaller prepare.image_size)"
+        )
 
 
 def model_split(prepared: str | Path, split: str, checkpoint: dict) -> datasets.ImageFolder:
-    """A prepared split as the model in `checkpoint` sees it (its evaluation crop), with the model's classes."""
+    """A prepared split as the model in `checkpoint` sees it (its evaluation crop), with its classes."""
     dataset = split_folder(prepared, split, eval_crop(checkpoint["preprocessing"]))
     if dataset.classes != checkpoint["class_names"]:
-        raise ValueError(f"{prepared}/{split} classes {dataset.classes} differ from the model's "
-                         f"{checkpoint['class_names']}; re-run `dvc repro`")
+        raise ValueError(
+            f"{prepared}/{split} classes {dataset.classes} differ from the model's "
+            f"{checkpoint['class_names']}; re-run `dvc repro`"
+        )
     return dataset

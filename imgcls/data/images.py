@@ -39,18 +39,21 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise BadImage("corrupt", f"corrupt or truncated image: {error}") from None
     width, height = image.size  # from the header: nothing decoded yet
     if width * height > max_pixels:
-        raise BadImage("decompression_bomb", f"decompression bomb refused: header claims {width}x{height} pixels "
-                       f"(limit {max_pixels:,})")
+        raise BadImage(
+            "decompression_bomb",
+            f"decompression bomb refused: header claims {width}x{height} pixels (limit {max_pixels:,})",
+        )
     return image
 
 
-def decode_image(data: bytes, min_size: int = 1, max_pixels: int = MAX_PIXELS,
-                 shrink_to: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes, min_size: int = 1, max_pixels: int = MAX_PIXELS, shrink_to: int | None = None
+) -> Image.Image:
     """Encoded bytes -> upright RGB image; raises BadImage with a reason a person understands. Images whose
     header claims more than `max_pixels` are refused before any pixel is decoded. With `shrink_to`, an image
-    whose short side is over 4x that is decoded smaller, to a short side of 2-4x it: JPEG in libjpeg's DCT domain
-    (draft), other formats by an integer box reduction right after decoding, before any conversion copies it.
-    Memory then stays near the encoded picture's own decoded size, once."""
+    whose short side is over 4x that is decoded smaller, to a short side of 2-4x it: JPEG in libjpeg's DCT
+    domain (draft), other formats by an integer box reduction right after decoding, before any conversion
+    copies it. Memory then stays near the encoded picture's own decoded size, once."""
     image = open_image(data, max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -61,7 +64,9 @@ def decode_image(data: bytes, min_size: int = 1, max_pixels: int = MAX_PIXELS,
                 image.draft(image.mode, (-(-image.size[0] // factor), -(-image.size[1] // factor)))
             orientation = image.getexif().get(0x0112)
             image.load()
-            factor = shrink_factor(image.size, shrink_to)  # what draft left to do (all of it, for other formats)
+            factor = shrink_factor(
+                image.size, shrink_to
+            )  # what draft left to do (all of it, for other formats)
             if factor > 1:
                 image = reduce_by(image, factor)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
@@ -69,7 +74,9 @@ def decode_image(data: bytes, min_size: int = 1, max_pixels: int = MAX_PIXELS,
         except (OSError, SyntaxError, ValueError) as error:
             raise BadImage("corrupt", f"corrupt or truncated image: {error}") from None
     if min(image.size) < min_size:
-        raise BadImage("too_small", f"too small: {image.size[0]}x{image.size[1]} px, below prepare.min_size={min_size}")
+        raise BadImage(
+            "too_small", f"too small: {image.size[0]}x{image.size[1]} px, below prepare.min_size={min_size}"
+        )
     if orientation:
         image.getexif()[0x0112] = orientation  # a reduced copy has lost it
     return to_rgb(ImageOps.exif_transpose(image))

@@ -27,27 +27,45 @@ from imgcls.files import printable, write_csv
 # sha256: the input file's; file_sha256: the prepared file's. The manifest changes whenever any prepared image
 # does, so the stages after prepare depend on it alone, not on thousands of files (DVC checks those once, as
 # prepare's output).
-MANIFEST_FIELDS = ["origin", "source", "class", "split", "sha256", "pixels_sha256", "file", "file_sha256", "width",
-                   "height"]
+MANIFEST_FIELDS = [
+    "origin",
+    "source",
+    "class",
+    "split",
+    "sha256",
+    "pixels_sha256",
+    "file",
+    "file_sha256",
+    "width",
+    "height",
+]
 
 
 EXCLUDED_FIELDS = ["origin", "source", "class", "kind", "reason", "sha256"]
 
 
-def select(decoded: list[dict], classes: dict[str, list[str]], cfg: PrepareParams
-           ) -> tuple[list[dict], list[dict], dict[str, int]]:
+def select(
+    decoded: list[dict], classes: dict[str, list[str]], cfg: PrepareParams
+) -> tuple[list[dict], list[dict], dict[str, int]]:
     """One copy per image, nothing of the fixed test set in train/val, classes big enough, seeded splits:
     (kept items with their split, excluded items with reasons, dropped classes)."""
     kept, duplicates = deduplicate([i for i in decoded if i["origin"] == "data"], cfg.on_conflict)
-    test_kept, test_duplicates = deduplicate([i for i in decoded if i["origin"] == "test_data"], cfg.on_conflict)
+    test_kept, test_duplicates = deduplicate(
+        [i for i in decoded if i["origin"] == "test_data"], cfg.on_conflict
+    )
     kept, overlap = drop_test_overlap(kept, test_kept, cfg.on_conflict)
-    kept, small, dropped_classes = check_class_sizes(kept, classes["data"], cfg.min_per_class, cfg.small_classes)
+    kept, small, dropped_classes = check_class_sizes(
+        kept, classes["data"], cfg.min_per_class, cfg.small_classes
+    )
     if cfg.fixed_test_set:
         check_test_classes(test_kept, {i["label"] for i in kept}, cfg.test_data)
     for item, split in zip(kept, assign_splits(kept, cfg.val_fraction, cfg.test_fraction, cfg.seed)):
         item["split"] = split
-    return kept + [dict(item, split="test") for item in test_kept], duplicates + test_duplicates + overlap + small, \
-        dropped_classes
+    return (
+        kept + [dict(item, split="test") for item in test_kept],
+        duplicates + test_duplicates + overlap + small,
+        dropped_classes,
+    )
 
 
 def order(item: dict) -> tuple[str, str]:
@@ -60,19 +78,23 @@ def check_inputs(cfg: PrepareParams) -> dict[str, Path]:
     if cfg.fixed_test_set:
         folders["test_data"] = check_input(cfg.test_data, "prepare.test_data")
         if overlaps(folders["data"], folders["test_data"]):
-            raise ValueError(f"prepare.test_data={cfg.test_data} and prepare.data={cfg.data} overlap; the fixed "
-                             "test set must be a folder of its own")
+            raise ValueError(
+                f"prepare.test_data={cfg.test_data} and prepare.data={cfg.data} overlap; the fixed "
+                "test set must be a folder of its own"
+            )
     return folders
 
 
 def check_input(path: str, key: str) -> Path:
     root = Path(path).absolute()
     if not root.exists():
-        raise FileNotFoundError(f"{key}={path} does not exist; point it at a folder with one sub-folder of "
-                                "images per class")
+        raise FileNotFoundError(
+            f"{key}={path} does not exist; point it at a folder with one sub-folder of images per class"
+        )
     if not root.is_dir():
-        raise NotADirectoryError(f"{key}={path} is a file; it must be a folder with one sub-folder of images "
-                                 "per class")
+        raise NotADirectoryError(
+            f"{key}={path} is a file; it must be a folder with one sub-folder of images per class"
+        )
     if not any(root.iterdir()):
         raise ValueError(f"{key}={path} is empty; put one sub-folder of images per class in it")
     return root
@@ -83,8 +105,9 @@ def overlaps(a: Path, b: Path) -> bool:
     return a.is_relative_to(b) or b.is_relative_to(a)
 
 
-def scan_all(folders: dict[str, Path], follow_symlinks: bool
-             ) -> tuple[list[tuple[str, Candidate]], list[dict], dict[str, list[str]]]:
+def scan_all(
+    folders: dict[str, Path], follow_symlinks: bool
+) -> tuple[list[tuple[str, Candidate]], list[dict], dict[str, list[str]]]:
     """Scan each input folder: ([(origin, candidate)], [excluded rows], {origin: class folder names})."""
     candidates, skipped, classes = [], [], {}
     for origin, folder in folders.items():
@@ -94,13 +117,16 @@ def scan_all(folders: dict[str, Path], follow_symlinks: bool
     return candidates, skipped, classes
 
 
-def decode_all(candidates: list[tuple[str, Candidate]], staging: Path, cfg: PrepareParams
-               ) -> tuple[list[dict], list[dict]]:
+def decode_all(
+    candidates: list[tuple[str, Candidate]], staging: Path, cfg: PrepareParams
+) -> tuple[list[dict], list[dict]]:
     """Hash, decode and resize every candidate in parallel into the folder `staging` (made here); (usable
     items, bad files with reasons)."""
     staging.mkdir()
     workers = cfg.workers or os.cpu_count() or 1
-    jobs = [(c.path, staging, cfg.image_size, cfg.min_size, cfg.format, cfg.jpeg_quality) for _, c in candidates]
+    jobs = [
+        (c.path, staging, cfg.image_size, cfg.min_size, cfg.format, cfg.jpeg_quality) for _, c in candidates
+    ]
     if workers == 1 or len(jobs) < 64:
         results = [decode_one(*job) for job in jobs]
     else:
@@ -113,13 +139,19 @@ def decode_all(candidates: list[tuple[str, Candidate]], staging: Path, cfg: Prep
     return usable, bad
 
 
-def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_format: str, quality: int) -> dict:
-    """One input file -> staged upright RGB image (`prepare.format`) named by its file hash, with the hash of its
-    decoded pixels (what deduplication compares), or the reason it is unusable."""
+def decode_one(
+    path: Path, staging: Path, image_size: int, min_size: int, image_format: str, quality: int
+) -> dict:
+    """One input file -> staged upright RGB image (`prepare.format`) named by its file hash, with the hash of
+    its decoded pixels (what deduplication compares), or the reason it is unusable."""
     try:
         data = path.read_bytes()
     except OSError as error:
-        return {"kind": "unreadable", "reason": f"cannot read the file: {printable(str(error))}", "sha256": ""}
+        return {
+            "kind": "unreadable",
+            "reason": f"cannot read the file: {printable(str(error))}",
+            "sha256": "",
+        }
     sha = hashlib.sha256(data).hexdigest()
     try:
         image = decode_image(data, min_size)
@@ -137,14 +169,22 @@ def decode_one(path: Path, staging: Path, image_size: int, min_size: int, image_
             os.replace(temporary, staged)
         except OSError as error:
             temporary.unlink(missing_ok=True)
-            raise OSError(error.errno, f"cannot write {staged} (decoded from {path}): {error.strerror or error}. "
-                                       f"Free space on the disk of {layout.PREPARED}, then run the stage again") from None
-    return {"sha256": sha, "pixels_sha256": pixels, "file_sha256": hashlib.sha256(encoded).hexdigest(),
-            "width": image.size[0], "height": image.size[1]}
+            raise OSError(
+                error.errno,
+                f"cannot write {staged} (decoded from {path}): {error.strerror or error}. "
+                f"Free space on the disk of {layout.PREPARED}, then run the stage again",
+            ) from None
+    return {
+        "sha256": sha,
+        "pixels_sha256": pixels,
+        "file_sha256": hashlib.sha256(encoded).hexdigest(),
+        "width": image.size[0],
+        "height": image.size[1],
+    }
 
 
 def place(item: dict, staging: Path, out: Path, suffix: str) -> str:
-    """Move the staged image to <out>/<split>/<class>/<stem>-<sha prefix><suffix>; return it relative to out."""
+    """Move the staged image to <out>/<split>/<class>/<stem>-<sha prefix><suffix>; return it relative."""
     stem = Path(item["source"]).stem.replace("\\", "_")  # a name that was not UTF-8 holds escapes (\xff)
     name = f"{stem}-{item['sha256'][:10]}{suffix}"
     relative = Path(item["split"]) / item["label"] / name
@@ -156,10 +196,15 @@ def place(item: dict, staging: Path, out: Path, suffix: str) -> str:
 def summarize(kept: list[dict], excluded: list[dict], input_files: int) -> dict:
     counts = {s: dict(sorted(Counter(i["label"] for i in kept if i["split"] == s).items())) for s in SPLITS}
     assert len(kept) + len(excluded) == input_files, "every input file is either included or excluded"
-    return {"input_files": input_files, "included": len(kept), "excluded": len(excluded),
-            "classes": len({i["label"] for i in kept}),
-            "split_sizes": {s: sum(c.values()) for s, c in counts.items()},
-            "counts": counts, "excluded_by_kind": dict(sorted(Counter(e["kind"] for e in excluded).items()))}
+    return {
+        "input_files": input_files,
+        "included": len(kept),
+        "excluded": len(excluded),
+        "classes": len({i["label"] for i in kept}),
+        "split_sizes": {s: sum(c.values()) for s, c in counts.items()},
+        "counts": counts,
+        "excluded_by_kind": dict(sorted(Counter(e["kind"] for e in excluded).items())),
+    }
 
 
 def with_class(rows: list[dict]) -> list[dict]:
@@ -173,9 +218,11 @@ def refuse_bad_files(bad: list[dict], on_bad_file: str) -> None:
         return
     listing = "\n  ".join(f"{b['origin']} {b['source']}: {b['reason']}" for b in bad[:50])
     more = f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else ""
-    raise ValueError(f"{len(bad)} unusable image(s) (prepare.on_bad_file: fail):\n  {listing}{more}\n"
-                     "Fix or remove them, or set prepare.on_bad_file: skip to report them in "
-                     f"{layout.PREPARED}/excluded.csv and leave them out; {layout.PREPARED} is unchanged")
+    raise ValueError(
+        f"{len(bad)} unusable image(s) (prepare.on_bad_file: fail):\n  {listing}{more}\n"
+        "Fix or remove them, or set prepare.on_bad_file: skip to report them in "
+        f"{layout.PREPARED}/excluded.csv and leave them out; {layout.PREPARED} is unchanged"
+    )
 
 
 def place_all(kept: list[dict], out: Path, image_format: str) -> None:
@@ -187,6 +234,6 @@ def place_all(kept: list[dict], out: Path, image_format: str) -> None:
 
 
 def write_lists(out: Path, kept: list[dict], excluded: list[dict]) -> None:
-    """manifest.csv (every prepared image: split, class, hashes) and excluded.csv (every file left out, why)."""
+    """manifest.csv (each prepared image: split, class, hashes), excluded.csv (each file left out, why)."""
     write_csv(out / "manifest.csv", MANIFEST_FIELDS, with_class(sorted(kept, key=order)))
     write_csv(out / "excluded.csv", EXCLUDED_FIELDS, with_class(excluded), spreadsheet=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from imgcls.files import printable
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
-                              ".ppm", ".pgm", ".pbm"})
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
 
 
 SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
@@ -18,6 +19,7 @@ SYSTEM_FILES = frozenset({"thumbs.db", "desktop.ini", "ehthumbs.db"})
 @dataclass(frozen=True)
 class Candidate:
     """An input file that looks like an image of class `label`; `source` is relative to the root."""
+
     path: Path
     source: str
     label: str
@@ -26,6 +28,7 @@ class Candidate:
 @dataclass(frozen=True)
 class Excluded:
     """An input file left out: `kind` is a short code (counted in metrics), `reason` says why."""
+
     source: str
     label: str
     kind: str
@@ -56,17 +59,32 @@ def scan(root: Path, follow_symlinks: bool) -> tuple[list[Candidate], list[Exclu
                 excluded.append(Excluded(source, label, *problem))
             elif entry.is_dir():
                 if entry.name.startswith("."):
-                    excluded += _all_files(path, root, label, "hidden_folder", f"inside hidden folder '"
-                                           f"{printable(entry.name)}' (rename it without the leading dot to use it)")
+                    excluded += _all_files(
+                        path,
+                        root,
+                        label,
+                        "hidden_folder",
+                        f"inside hidden folder '"
+                        f"{printable(entry.name)}' (rename it without the leading dot to use it)",
+                    )
                 elif path.resolve() in seen_dirs:
-                    excluded.append(Excluded(source, label, "symlink_loop",
-                                             "folder link to a folder already read (a cycle or a second path)"))
+                    excluded.append(
+                        Excluded(
+                            source,
+                            label,
+                            "symlink_loop",
+                            "folder link to a folder already read (a cycle or a second path)",
+                        )
+                    )
                 else:
                     if not label and printable(entry.name) != entry.name:
                         raise BadClassName(
-                            f"class folder '{printable(entry.name)}' in {printable(str(root))} has a name that is not "
-                            "UTF-8 text: a class name goes into labels, CSV files and MLflow. Rename it (e.g. "
-                            "`convmv -f latin1 -t utf8 --notest -r <folder>`, or by hand)")
+                            f"class folder '{printable(entry.name)}' in {printable(str(root))} has a name "
+                            "that is not "
+                            "UTF-8 text: a class name goes into labels, CSV files and MLflow. Rename it "
+                            "(e.g. "
+                            "`convmv -f latin1 -t utf8 --notest -r <folder>`, or by hand)"
+                        )
                     seen_dirs.add(path.resolve())
                     stack.append((path, label or entry.name))
                     if not label:
@@ -86,8 +104,11 @@ def _link_problem(path: Path, real_root: Path, follow_symlinks: bool) -> tuple[s
     if not path.exists():
         return "broken_symlink", "symlink whose target does not exist"
     if not follow_symlinks and not path.resolve().is_relative_to(real_root):
-        return ("symlink_outside", f"symlink to {printable(str(path.resolve()))}, outside the data folder "
-                "(set prepare.follow_symlinks: true to follow it)")
+        return (
+            "symlink_outside",
+            f"symlink to {printable(str(path.resolve()))}, outside the data folder "
+            "(set prepare.follow_symlinks: true to follow it)",
+        )
     return None
 
 
@@ -102,11 +123,16 @@ def _file_problem(name: str, label: str) -> tuple[str, str] | None:
         return "hidden_file", "operating-system thumbnail/settings file"
     suffix = Path(name).suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
-        return "not_image", (f"not an image file extension ('{printable(suffix) or 'none'}'; "
-                             f"allowed: {' '.join(sorted(IMAGE_EXTENSIONS))})")
+        return "not_image", (
+            f"not an image file extension ('{printable(suffix) or 'none'}'; "
+            f"allowed: {' '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
     return None
 
 
 def _all_files(folder: Path, root: Path, label: str, kind: str, reason: str) -> list[Excluded]:
-    return [Excluded(printable((Path(d) / f).relative_to(root).as_posix()), label, kind, reason)
-            for d, _, files in os.walk(folder) for f in files]
+    return [
+        Excluded(printable((Path(d) / f).relative_to(root).as_posix()), label, kind, reason)
+        for d, _, files in os.walk(folder)
+        for f in files
+    ]

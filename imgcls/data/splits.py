@@ -15,8 +15,8 @@ class SplitError(ValueError):
 
 
 def deduplicate(items: list[dict], on_conflict: str) -> tuple[list[dict], list[dict]]:
-    """Keep one item per decoded image (`pixels_sha256`: a re-saved copy counts too). Returns (kept, excluded);
-    excluded items gain 'kind' and 'reason'.
+    """Keep one item per decoded image (`pixels_sha256`: a re-saved copy counts too). Returns (kept,
+    excluded); excluded items gain 'kind' and 'reason'.
 
     Same content twice in one class: the first source path is kept. Same content in two
     classes is a label conflict: every copy is dropped (`on_conflict: drop`) or it fails.
@@ -34,14 +34,21 @@ def deduplicate(items: list[dict], on_conflict: str) -> tuple[list[dict], list[d
             excluded += [dict(c, kind="label_conflict", reason=reason) for c in copies]
             continue
         kept.append(copies[0])
-        excluded += [dict(c, kind="duplicate", reason=f"duplicate of {copies[0]['source']}") for c in copies[1:]]
+        excluded += [
+            dict(c, kind="duplicate", reason=f"duplicate of {copies[0]['source']}") for c in copies[1:]
+        ]
     if conflicts and on_conflict == "fail":
-        raise SplitError("identical images in different classes (prepare.on_conflict: fail):\n  "
-                         + "\n  ".join(conflicts) + "\nRemove the wrong copies or set prepare.on_conflict: drop")
+        raise SplitError(
+            "identical images in different classes (prepare.on_conflict: fail):\n  "
+            + "\n  ".join(conflicts)
+            + "\nRemove the wrong copies or set prepare.on_conflict: drop"
+        )
     return kept, excluded
 
 
-def drop_test_overlap(items: list[dict], test_items: list[dict], on_conflict: str) -> tuple[list[dict], list[dict]]:
+def drop_test_overlap(
+    items: list[dict], test_items: list[dict], on_conflict: str
+) -> tuple[list[dict], list[dict]]:
     """Leave out of train/val every image that is also in the fixed test set (`prepare.test_data`), in any
     class; the test set itself is never changed. Returns (kept, excluded with reasons)."""
     in_test = {t["pixels_sha256"]: t for t in test_items}
@@ -52,14 +59,24 @@ def drop_test_overlap(items: list[dict], test_items: list[dict], on_conflict: st
             kept.append(item)
             continue
         other = "" if twin["label"] == item["label"] else f", labelled '{twin['label']}' there"
-        excluded.append(dict(item, kind="in_test_data",
-                             reason=f"same image as test_data {twin['source']}{other}: kept in the test split only"))
+        excluded.append(
+            dict(
+                item,
+                kind="in_test_data",
+                reason=f"same image as test_data {twin['source']}{other}: kept in the test split only",
+            )
+        )
         if other:
-            conflicts.append(f"{item['source']} ({item['label']}) = test_data {twin['source']} ({twin['label']})")
+            conflicts.append(
+                f"{item['source']} ({item['label']}) = test_data {twin['source']} ({twin['label']})"
+            )
     if conflicts and on_conflict == "fail":
-        raise SplitError("identical images in different classes of prepare.data and prepare.test_data "
-                         "(prepare.on_conflict: fail):\n  " + "\n  ".join(conflicts)
-                         + "\nRemove the wrong copies or set prepare.on_conflict: drop")
+        raise SplitError(
+            "identical images in different classes of prepare.data and prepare.test_data "
+            "(prepare.on_conflict: fail):\n  "
+            + "\n  ".join(conflicts)
+            + "\nRemove the wrong copies or set prepare.on_conflict: drop"
+        )
     return kept, excluded
 
 
@@ -67,12 +84,15 @@ def check_test_classes(test_items: list[dict], train_classes: set[str], test_dat
     """The fixed test set must hold images of exactly the classes the model is trained on."""
     test_classes = {t["label"] for t in test_items}
     if test_classes != train_classes:
-        raise SplitError(f"prepare.test_data={test_data} has classes {sorted(test_classes)} but the training data "
-                         f"has {sorted(train_classes)}; give both folders the same class sub-folders")
+        raise SplitError(
+            f"prepare.test_data={test_data} has classes {sorted(test_classes)} but the training data "
+            f"has {sorted(train_classes)}; give both folders the same class sub-folders"
+        )
 
 
-def check_class_sizes(items: list[dict], classes: list[str], min_per_class: int,
-                      small_classes: str) -> tuple[list[dict], list[dict], dict[str, int]]:
+def check_class_sizes(
+    items: list[dict], classes: list[str], min_per_class: int, small_classes: str
+) -> tuple[list[dict], list[dict], dict[str, int]]:
     """Fail on, or drop, classes (empty folders too) with fewer than `min_per_class` usable images.
 
     Returns (kept items, excluded items with reasons, {dropped class: usable images})."""
@@ -81,12 +101,21 @@ def check_class_sizes(items: list[dict], classes: list[str], min_per_class: int,
     small = {label: n for label, n in counts.items() if n < min_per_class}
     if small and small_classes == "fail":
         listing = ", ".join(f"'{k}': {v}" for k, v in sorted(small.items()))
-        raise SplitError(f"class(es) with fewer than prepare.min_per_class={min_per_class} usable images: "
-                         f"{listing}. Add images, or set prepare.small_classes: drop to leave them out")
+        raise SplitError(
+            f"class(es) with fewer than prepare.min_per_class={min_per_class} usable images: "
+            f"{listing}. Add images, or set prepare.small_classes: drop to leave them out"
+        )
     kept = [i for i in items if i["label"] not in small]
-    dropped = [dict(i, kind="small_class", reason=f"class '{i['label']}' has {small[i['label']]} usable images, "
-                    f"below prepare.min_per_class={min_per_class} (prepare.small_classes: drop)")
-               for i in items if i["label"] in small]
+    dropped = [
+        dict(
+            i,
+            kind="small_class",
+            reason=f"class '{i['label']}' has {small[i['label']]} usable images, "
+            f"below prepare.min_per_class={min_per_class} (prepare.small_classes: drop)",
+        )
+        for i in items
+        if i["label"] in small
+    ]
     return kept, dropped, dict(sorted(small.items()))
 
 
@@ -101,17 +130,23 @@ def assign_splits(items: list[dict], val_fraction: float, test_fraction: float, 
     val_share = val_fraction / (1.0 - test_fraction)
     n_test = math.ceil(n * test_fraction)  # sklearn rounds the held-out part up
     n_val = math.ceil((n - n_test) * val_share)
-    for name, size, fraction in (("test", n_test, test_fraction), ("val", n_val, val_fraction),
-                                 ("train", n - n_test - n_val, 1.0)):
+    for name, size, fraction in (
+        ("test", n_test, test_fraction),
+        ("val", n_val, val_fraction),
+        ("train", n - n_test - n_val, 1.0),
+    ):
         if fraction and size < len(classes):
-            raise SplitError(f"{n} images give {size} {name} images, fewer than the {len(classes)} classes "
-                             f"(prepare.val_fraction={val_fraction}, prepare.test_fraction={test_fraction}); "
-                             "add images or change the fractions")
+            raise SplitError(
+                f"{n} images give {size} {name} images, fewer than the {len(classes)} classes "
+                f"(prepare.val_fraction={val_fraction}, prepare.test_fraction={test_fraction}); "
+                "add images or change the fractions"
+            )
     split_of = dict.fromkeys(range(n), "train")
     rest = list(range(n))
     for name, share in (("test", test_fraction), ("val", val_share)):
         if share:
-            rest, held = train_test_split(rest, test_size=share, stratify=[labels[i] for i in rest],
-                                          random_state=seed)
+            rest, held = train_test_split(
+                rest, test_size=share, stratify=[labels[i] for i in rest], random_state=seed
+            )
             split_of.update(dict.fromkeys(held, name))
     return [split_of[i] for i in range(n)]

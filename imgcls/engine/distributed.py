@@ -1,9 +1,9 @@
-"""Training on several processes with PyTorch's own engine: torchrun starts them, DistributedDataParallel keeps
-their weights in step, and the loop needs four collectives (sum, agree, broadcast, barrier). A process that
-torchrun did not start is a world of one, where every helper is a no-op. Torch only.
+"""Training on several processes with PyTorch's own engine: torchrun starts them, DistributedDataParallel
+keeps their weights in step, and the loop needs four collectives (sum, agree, broadcast, barrier). A process
+that torchrun did not start is a world of one, where every helper is a no-op. Torch only.
 
-Rank 0 is the only writer (checkpoint, model, metrics, MLflow run); every rank computes. With static rendezvous
-rank 0 lives on node 0, the node where `dvc repro` runs.
+Rank 0 is the only writer (checkpoint, model, metrics, MLflow run); every rank computes. With static
+rendezvous rank 0 lives on node 0, the node where `dvc repro` runs.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ log = logging.getLogger("distributed")
 @dataclass(frozen=True)
 class World:
     """This process's place among the training processes."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
@@ -61,8 +62,15 @@ def init(backend: str, device: torch.device, timeout_s: float) -> tuple[World, t
         backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
-    log.info("rank %d of %d (local rank %d, pid %d) on %s over %s", world.rank, world.size, world.local_rank,
-             os.getpid(), device, backend)
+    log.info(
+        "rank %d of %d (local rank %d, pid %d) on %s over %s",
+        world.rank,
+        world.size,
+        world.local_rank,
+        os.getpid(),
+        device,
+        backend,
+    )
     return world, device
 
 
@@ -76,7 +84,9 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     caller keeps `model` (torchvision references' `model_without_ddp`) to save and to load state into."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return model
-    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
 
 
 def sum_all(values: torch.Tensor) -> torch.Tensor:
@@ -110,13 +120,24 @@ def barrier() -> None:
         dist.barrier()
 
 
-def torchrun_command(module: str, nnodes: int, nproc_per_node: int, master_addr: str, master_port: int,
-                     node_rank: int = 0) -> list[str]:
+def torchrun_command(
+    module: str, nnodes: int, nproc_per_node: int, master_addr: str, master_port: int, node_rank: int = 0
+) -> list[str]:
     """The torchrun line that runs `python -m module` on this node: static rendezvous (rank 0 on node 0), no
     restarts (a failed rank fails the stage; re-running it resumes from the checkpoint)."""
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}",
-            f"--node_rank={node_rank}", f"--master_addr={master_addr}", f"--master_port={master_port}",
-            "--max_restarts=0", "-m", module]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nnodes}",
+        f"--nproc_per_node={nproc_per_node}",
+        f"--node_rank={node_rank}",
+        f"--master_addr={master_addr}",
+        f"--master_port={master_port}",
+        "--max_restarts=0",
+        "-m",
+        module,
+    ]
 
 
 class DistributedRunFailed(RuntimeError):
@@ -136,7 +157,8 @@ def run_under_torchrun(command: list[str]) -> None:
         raise
     if code != 0:
         raise DistributedRunFailed(
-            f"distributed training failed: torchrun exited with code {code} (its report above names the rank, its "
+            f"distributed training failed: torchrun exited with code {code} (its report above names the "
+            "rank, its "
             "exit code or signal, and the host). Fix the cause and run the stage again: it resumes from the "
-            "last checkpoint (train.checkpoint)")
-
+            "last checkpoint (train.checkpoint)"
+        )

@@ -34,66 +34,121 @@ def training_splits(prepared: str | Path, cfg: TrainParams) -> tuple:
     train_set = split_folder(prepared, "train", train_transform(cfg.crop_size, cfg.crop_scale_min, cfg.hflip))
     val_set = split_folder(prepared, "val", eval_crop(preprocessing_spec(cfg.crop_size)))
     if val_set.classes != train_set.classes:
-        raise ValueError(f"{prepared}/val classes {val_set.classes} differ from train {train_set.classes}; "
-                         "re-run `dvc repro prepare`")
+        raise ValueError(
+            f"{prepared}/val classes {val_set.classes} differ from train {train_set.classes}; "
+            "re-run `dvc repro prepare`"
+        )
     return train_set, val_set
 
 
 def recipe_of(cfg: TrainParams) -> Recipe:
-    return Recipe(optimizer=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
-                  warmup_epochs=cfg.warmup_epochs, epochs=cfg.epochs, label_smoothing=cfg.label_smoothing,
-                  monitor=cfg.monitor, patience=cfg.patience, frozen_backbone=cfg.freeze == "backbone")
+    return Recipe(
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        warmup_epochs=cfg.warmup_epochs,
+        epochs=cfg.epochs,
+        label_smoothing=cfg.label_smoothing,
+        monitor=cfg.monitor,
+        patience=cfg.patience,
+        frozen_backbone=cfg.freeze == "backbone",
+    )
 
 
-def fine_tune(model, splits: tuple, params: Params, device, memory, world: distributed.World,
-              resume: TrainState | None, checkpoint: Callable | None, on_epoch: Callable | None,
-              on_features: Callable[[float], None] | None) -> tuple[list[dict], EarlyStopping, nn.Module]:
+def fine_tune(
+    model,
+    splits: tuple,
+    params: Params,
+    device,
+    memory,
+    world: distributed.World,
+    resume: TrainState | None,
+    checkpoint: Callable[[TrainState], None] | None = None,
+    log_metrics: Callable[[dict], None] | None = None,
+) -> tuple[list[dict], EarlyStopping, nn.Module]:
     """`fit` with `train`'s recipe on this rank's share of the data. Returns the history, the early-stopping
-    record and the module it trained (the head alone on cached features); `on_features(seconds)` hears how long
-    the feature pass took."""
+    record and the module it trained (the head alone on cached features). `log_metrics(row)` hears each
+    epoch's row, and the feature pass's seconds as epoch 0; `checkpoint(state)` saves where training
+    stands."""
     cfg, workers = params.train, params.runtime.num_workers
     train_set, val_set = splits
     if cfg.freeze == "backbone" and cfg.cache_features:
         start = time.perf_counter()
-        model, train_loader, val_loader = cached_feature_loaders(model, train_set, val_set, params, device, memory,
-                                                                 world)
-        if on_features and resume is None:
-            on_features(time.perf_counter() - start)
+        model, train_loader, val_loader = cached_feature_loaders(
+            model, train_set, val_set, params, device, memory, world
+        )
+        if log_metrics and resume is None:
+            log_metrics({"epoch": 0, "feature_cache_s": time.perf_counter() - start})
         memory = torch.contiguous_format
     else:
         if cfg.cache_images:
             start = time.perf_counter()
             train_set, val_set = (DecodedImages(dataset, workers) for dataset in (train_set, val_set))
-            log.info("decoded %d images into RAM (%.0f MiB) in %.1f s", len(train_set) + len(val_set),
-                     (train_set.nbytes + val_set.nbytes) / 2**20, time.perf_counter() - start)
+            log.info(
+                "decoded %d images into RAM (%.0f MiB) in %.1f s",
+                len(train_set) + len(val_set),
+                (train_set.nbytes + val_set.nbytes) / 2**20,
+                time.perf_counter() - start,
+            )
         train_loader = make_loader(train_set, cfg.batch_size, True, workers, cfg.seed, world.rank, world.size)
         val_loader = make_loader(val_set, cfg.batch_size, False, workers, cfg.seed, world.rank, world.size)
-    history, stopper = fit(model, train_loader, val_loader, recipe_of(cfg), device, on_epoch=on_epoch,
-                           memory_format=memory, compile_model=cfg.compile, resume=resume, checkpoint=checkpoint,
-                           checkpoint_every=cfg.checkpoint_every)
+    history, stopper = fit(
+        model,
+        train_loader,
+        val_loader,
+        recipe_of(cfg),
+        device,
+        on_epoch=log_metrics,
+        memory_format=memory,
+        compile_model=cfg.compile,
+        resume=resume,
+        checkpoint=checkpoint,
+        checkpoint_every=cfg.checkpoint_every,
+    )
     return history, stopper, model
 
 
-def cached_feature_loaders(model, train_set, val_set, params: Params, device, memory, world: distributed.World
-                           ) -> tuple[nn.Module, DataLoader, DataLoader]:
+def cached_feature_loaders(
+    model, train_set, val_set, params: Params, device, memory, world: distributed.World
+) -> tuple[nn.Module, DataLoader, DataLoader]:
     """(the head, loaders over cached backbone features): the backbone runs once per image and view (on every
     rank, over every image: the head's loaders then take this rank's share)."""
     cfg, workers = params.train, params.runtime.num_workers
     if cfg.crop_scale_min < 1.0:
-        log.warning("train.cache_features: random resized crops (crop_scale_min %s) are replaced by the center "
-                    "crop, since cached features have fixed views; set train.cache_features: false to keep them",
-                    cfg.crop_scale_min)
+        log.warning(
+            "train.cache_features: random resized crops (crop_scale_min %s) are replaced by the center "
+            "crop, since cached features have fixed views; set train.cache_features: false to keep them",
+            cfg.crop_scale_min,
+        )
     train_set = copy.copy(train_set)  # the caller's keeps its transform
-    train_set.transform = eval_crop(preprocessing_spec(cfg.crop_size))  # views: the center crop, as is and mirrored
-    loaders = [make_loader(dataset, cfg.batch_size, False, workers, cfg.seed)
-               for dataset in (train_set, val_set)]
+    train_set.transform = eval_crop(
+        preprocessing_spec(cfg.crop_size)
+    )  # views: the center crop, as is and mirrored
+    loaders = [
+        make_loader(dataset, cfg.batch_size, False, workers, cfg.seed) for dataset in (train_set, val_set)
+    ]
     arch = params.model.arch
     train_views, train_targets = backbone_features(model, arch, loaders[0], device, cfg.hflip, memory)
     val_views, val_targets = backbone_features(model, arch, loaders[1], device, False, memory)
-    log.info("cached backbone features: %d train images x %d views, %d val images", train_views.shape[1],
-             train_views.shape[0], val_views.shape[1])
-    return (head_of(model, arch),
-            make_loader(FeatureViews(train_views, train_targets), cfg.batch_size, True, 0, cfg.seed, world.rank,
-                        world.size),
-            make_loader(FeatureViews(val_views, val_targets), cfg.batch_size, False, 0, cfg.seed, world.rank,
-                        world.size))
+    log.info(
+        "cached backbone features: %d train images x %d views, %d val images",
+        train_views.shape[1],
+        train_views.shape[0],
+        val_views.shape[1],
+    )
+    return (
+        head_of(model, arch),
+        make_loader(
+            FeatureViews(train_views, train_targets),
+            cfg.batch_size,
+            True,
+            0,
+            cfg.seed,
+            world.rank,
+            world.size,
+        ),
+        make_loader(
+            FeatureViews(val_views, val_targets), cfg.batch_size, False, 0, cfg.seed, world.rank, world.size
+        ),
+    )

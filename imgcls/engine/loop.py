@@ -1,18 +1,18 @@
 """The training loop: one `fit` for every stage that trains (epochs, steps, validation, early stopping,
-checkpoints, resuming), and the passes it is made of. Torch only."""
+checkpoints, resuming) and the epoch it repeats. Torch only."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 
 import torch
 from torch import nn
 
 from imgcls.data.transforms import to_model_input
 from imgcls.engine import distributed
+from imgcls.engine.inference import autocast, validate
 from imgcls.engine.recipe import EarlyStopping, Recipe, make_optimizer, make_scheduler
 from imgcls.engine.state import TrainState, capture_rng, restore_rng
 from imgcls.model.networks import set_train_mode
@@ -20,14 +20,21 @@ from imgcls.model.networks import set_train_mode
 log = logging.getLogger(__name__)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; none on CPU, where it is far slower."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, frozen_backbone=False,
-                    epoch=0, log_every=20, memory_format=torch.contiguous_format, start_step: int = 0,
-                    sums: dict | None = None, on_step: Callable[[int, Callable[[], dict]], None] | None = None) -> dict:
+def train_one_epoch(
+    model,
+    loader,
+    loss_fn,
+    optimizer,
+    scheduler,
+    device,
+    frozen_backbone=False,
+    epoch=0,
+    log_every=20,
+    memory_format=torch.contiguous_format,
+    start_step: int = 0,
+    sums: dict | None = None,
+    on_step: Callable[[int, Callable[[], dict]], None] | None = None,
+) -> dict:
     """One pass over `loader` (this rank's share); returns mean loss, accuracy and images/s over every rank.
     Sums stay on the device (no host sync per step on CUDA); a non-finite loss stops training naming the epoch
     and step where it first appeared. A resumed epoch starts after `start_step` batches with their `sums`;
@@ -56,17 +63,35 @@ def train_one_epoch(model, loader, loss_fn, optimizer, scheduler, device, frozen
         if report or device.type == "cpu":  # on the CPU the check costs nothing: stop at the bad step itself
             check_finite(first_bad, epoch)
         if report:
-            log.info("epoch %d batch %d/%d loss %.4f %.1f images/s", epoch, batch, steps,
-                     total_loss.item() / seen, (seen - sums["seen"]) / (time.perf_counter() - start))
+            log.info(
+                "epoch %d batch %d/%d loss %.4f %.1f images/s",
+                epoch,
+                batch,
+                steps,
+                total_loss.item() / seen,
+                (seen - sums["seen"]) / (time.perf_counter() - start),
+            )
         if on_step:
-            on_step(batch, lambda loss_sum=total_loss, hits=correct, count=seen:
-                    {"loss": loss_sum.item(), "correct": int(hits.item()), "seen": count})
+            on_step(
+                batch,
+                lambda loss_sum=total_loss, hits=correct, count=seen: {
+                    "loss": loss_sum.item(),
+                    "correct": int(hits.item()),
+                    "seen": count,
+                },
+            )
     elapsed = time.perf_counter() - start
-    totals = distributed.sum_all(torch.stack([total_loss, correct.double(),
-                                              torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+    totals = distributed.sum_all(
+        torch.stack(
+            [total_loss, correct.double(), torch.tensor(float(seen), dtype=torch.float64, device=device)]
+        )
+    )
     loss_sum, correct_sum, seen_sum = totals.tolist()
-    return {"loss": loss_sum / seen_sum, "accuracy": correct_sum / seen_sum,
-            "images_per_s": (seen_sum - sums["seen"]) / elapsed}
+    return {
+        "loss": loss_sum / seen_sum,
+        "accuracy": correct_sum / seen_sum,
+        "images_per_s": (seen_sum - sums["seen"]) / elapsed,
+    }
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,39 +101,25 @@ class TrainingDiverged(RuntimeError):
 def check_finite(first_bad: torch.Tensor, epoch: int) -> None:
     step = int(first_bad.item())
     if step >= 0:
-        raise TrainingDiverged(f"training diverged: the loss is not finite at epoch {epoch}, step {step}. "
-                               "Lower the learning rate (train.lr / pretrain.lr), or check the starting weights")
+        raise TrainingDiverged(
+            f"training diverged: the loss is not finite at epoch {epoch}, step {step}. "
+            "Lower the learning rate (train.lr / pretrain.lr), or check the starting weights"
+        )
 
 
-@torch.no_grad()
-def collect_logits(model, loader, device, memory_format=torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits as float32 on CPU, targets) for every batch of `loader`."""
-    model.eval()
-    all_logits, all_targets = [], []
-    for images, targets in loader:
-        with autocast(device):
-            logits = model(to_model_input(images, device, memory_format))
-        all_logits.append(logits.float().cpu())
-        all_targets.append(targets)
-    return torch.cat(all_logits), torch.cat(all_targets)
-
-
-def validate(model, loader, loss_fn, device, memory_format=torch.contiguous_format) -> dict:
-    """Mean loss and accuracy over `loader`, summed over every rank's share in a distributed run."""
-    logits, targets = collect_logits(model, loader, device, memory_format)
-    loss, correct = loss_fn(logits, targets).item(), (logits.argmax(1) == targets).sum().item()
-    if distributed.current().size == 1:
-        return {"loss": loss, "accuracy": correct / len(targets)}
-    totals = distributed.sum_all(torch.tensor([loss * len(targets), correct, len(targets)], dtype=torch.float64,
-                                              device=device)).tolist()
-    return {"loss": totals[0] / totals[2], "accuracy": totals[1] / totals[2]}
-
-
-def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torch.device,
-        on_epoch: Callable[[dict], None] | None = None, memory_format=torch.contiguous_format,
-        compile_model: bool = False, resume: TrainState | None = None,
-        checkpoint: Callable[[TrainState], None] | None = None, checkpoint_every: int = 0,
-        ) -> tuple[list[dict], EarlyStopping | None]:
+def fit(
+    model: nn.Module,
+    train_loader,
+    val_loader,
+    recipe: Recipe,
+    device: torch.device,
+    on_epoch: Callable[[dict], None] | None = None,
+    memory_format=torch.contiguous_format,
+    compile_model: bool = False,
+    resume: TrainState | None = None,
+    checkpoint: Callable[[TrainState], None] | None = None,
+    checkpoint_every: int = 0,
+) -> tuple[list[dict], EarlyStopping | None]:
     """Train `model` (already on `device` in `memory_format`) up to `recipe.epochs`, validating each epoch
     when there is a `val_loader` and stopping early on no progress; returns the per-epoch history and the
     early-stopping record (None without validation).
@@ -123,7 +134,9 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torc
     """
     forward = distributed.wrap(model, device)
     forward = torch.compile(forward) if compile_model else forward
-    optimizer = make_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum, device)
+    optimizer = make_optimizer(
+        model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum, device
+    )
     steps = len(train_loader)
     scheduler = make_scheduler(optimizer, recipe.warmup_epochs * steps, recipe.epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
@@ -142,11 +155,18 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torc
         log.info("resuming at epoch %d, step %d (%d epochs done)", first_epoch, first_step, len(history))
 
     def state(epoch: int, step: int, batch_sums: dict | None, finished: bool = False) -> TrainState:
-        return TrainState(model=model.state_dict(), optimizer=optimizer.state_dict(),
-                          scheduler=scheduler.state_dict(), stopper=stopper.record() if stopper else {},
-                          history=[{k: v for k, v in row.items() if k != "images_per_s"} for row in history],
-                          epoch=epoch, step=step, sums=batch_sums or {"loss": 0.0, "correct": 0, "seen": 0},
-                          rng=capture_rng(getattr(train_loader, "generator", None)), finished=finished)
+        return TrainState(
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            stopper=stopper.record() if stopper else {},
+            history=[{k: v for k, v in row.items() if k != "images_per_s"} for row in history],
+            epoch=epoch,
+            step=step,
+            sums=batch_sums or {"loss": 0.0, "correct": 0, "seen": 0},
+            rng=capture_rng(getattr(train_loader, "generator", None)),
+            finished=finished,
+        )
 
     for epoch in range(first_epoch, recipe.epochs + 1):
         skip = first_step if epoch == first_epoch else 0
@@ -157,13 +177,28 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torc
         lr = sums["lr"] if skip else optimizer.param_groups[0]["lr"]  # the rate the epoch started with
         on_step = None
         if checkpoint and checkpoint_every:
-            def on_step(step: int, batch_sums: Callable[[], dict], epoch: int = epoch, lr: float = lr) -> None:
+
+            def on_step(
+                step: int, batch_sums: Callable[[], dict], epoch: int = epoch, lr: float = lr
+            ) -> None:
                 if step % checkpoint_every == 0 and step < steps:
                     checkpoint(state(epoch, step, batch_sums() | {"lr": lr}))
                     log.info("checkpoint: epoch %d step %d", epoch, step)
-        trained = train_one_epoch(forward, train_loader, loss_fn, optimizer, scheduler, device,
-                                  recipe.frozen_backbone, epoch, memory_format=memory_format, start_step=skip,
-                                  sums=sums if skip else None, on_step=on_step)
+
+        trained = train_one_epoch(
+            forward,
+            train_loader,
+            loss_fn,
+            optimizer,
+            scheduler,
+            device,
+            recipe.frozen_backbone,
+            epoch,
+            memory_format=memory_format,
+            start_step=skip,
+            sums=sums if skip else None,
+            on_step=on_step,
+        )
         row = {"epoch": epoch, "train_loss": trained["loss"], "train_accuracy": trained["accuracy"]}
         if val_loader is not None:
             validated = validate(forward, val_loader, loss_fn, device, memory_format)
@@ -177,7 +212,11 @@ def fit(model: nn.Module, train_loader, val_loader, recipe: Recipe, device: torc
         if on_epoch:
             on_epoch(row)
         if stop:
-            log.info("early stop: no %s improvement for %d epochs (best epoch %d)", recipe.monitor,
-                     recipe.patience, stopper.best_epoch)
+            log.info(
+                "early stop: no %s improvement for %d epochs (best epoch %d)",
+                recipe.monitor,
+                recipe.patience,
+                stopper.best_epoch,
+            )
             break
     return history, stopper

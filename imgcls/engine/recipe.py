@@ -19,8 +19,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
-                   device: torch.device | None = None):
+def make_optimizer(
+    model: nn.Module,
+    name: str,
+    lr: float,
+    weight_decay: float,
+    momentum: float,
+    device: torch.device | None = None,
+):
     """SGD or AdamW over the trainable parameters; on CUDA AdamW's fused kernel (one launch per step, not one
     per tensor)."""
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -32,17 +38,20 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
 
 def make_scheduler(optimizer, warmup_steps: int, total_steps: int):
     """Linear warmup, then cosine decay to zero; stepped once per batch."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass
 class EarlyStopping:
     """Tracks the best epoch on `monitor` and says when `patience` epochs brought nothing better."""
+
     monitor: str
     patience: int
     best_value: float | None = None
@@ -52,7 +61,8 @@ class EarlyStopping:
     def update(self, epoch: int, value: float, model: nn.Module) -> bool:
         """Record this epoch; True when training should stop."""
         better = self.best_value is None or (
-            value < self.best_value if self.monitor.endswith("loss") else value > self.best_value)
+            value < self.best_value if self.monitor.endswith("loss") else value > self.best_value
+        )
         if better:
             self.best_value, self.best_epoch = value, epoch
             self.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -62,13 +72,17 @@ class EarlyStopping:
         return {"best_value": self.best_value, "best_epoch": self.best_epoch, "best_state": self.best_state}
 
     def restore(self, record: dict) -> None:
-        self.best_value, self.best_epoch, self.best_state = (record["best_value"], record["best_epoch"],
-                                                             record["best_state"])
+        self.best_value, self.best_epoch, self.best_state = (
+            record["best_value"],
+            record["best_epoch"],
+            record["best_state"],
+        )
 
 
 @dataclass(frozen=True)
 class Recipe:
     """How to train: everything `fit` needs besides the model and the data."""
+
     optimizer: str
     lr: float
     weight_decay: float

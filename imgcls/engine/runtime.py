@@ -25,11 +25,29 @@ import torch
 
 PINNED_KERNELS = "DEFAULT"  # ATen's baseline x86-64 kernels: the same machine code on every processor
 PINNED_BLAS = "COMPATIBLE"  # MKL's SSE2 branch: the one branch MKL keeps on Intel and AMD alike
-PINNED_ENV = {"ATEN_CPU_CAPABILITY": PINNED_KERNELS.lower(), "MKL_CBWR": PINNED_BLAS,
-              "MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}  # MKL/OpenMP must not pick thread counts per call
+PINNED_ENV = {
+    "ATEN_CPU_CAPABILITY": PINNED_KERNELS.lower(),
+    "MKL_CBWR": PINNED_BLAS,
+    "MKL_DYNAMIC": "FALSE",
+    "OMP_DYNAMIC": "FALSE",
+}  # MKL/OpenMP must not pick thread counts per call
 # mkl_cbwr_get() codes (mkl_service.h)
-MKL_BRANCHES = {0: "OFF", 1: "OFF", 2: "AUTO", 3: "COMPATIBLE", 4: "SSE2", 6: "SSSE3", 7: "SSE4_1", 8: "SSE4_2",
-                9: "AVX", 10: "AVX2", 11: "AVX512_MIC", 12: "AVX512", 13: "AVX512_MIC_E1", 14: "AVX512_E1"}
+MKL_BRANCHES = {
+    0: "OFF",
+    1: "OFF",
+    2: "AUTO",
+    3: "COMPATIBLE",
+    4: "SSE2",
+    6: "SSSE3",
+    7: "SSE4_1",
+    8: "SSE4_2",
+    9: "AVX",
+    10: "AVX2",
+    11: "AVX512_MIC",
+    12: "AVX512",
+    13: "AVX512_MIC_E1",
+    14: "AVX512_E1",
+}
 CPU_LEVELS = (("avx512f", "AVX512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2"))
 
 
@@ -40,7 +58,9 @@ class RuntimeNotPinned(RuntimeError):
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present; asking for `cuda` without one is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("runtime.device=cuda but torch sees no CUDA device; set runtime.device: auto or cpu")
+        raise RuntimeError(
+            "runtime.device=cuda but torch sees no CUDA device; set runtime.device: auto or cpu"
+        )
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
@@ -62,15 +82,22 @@ def pin(reproducible: bool, threads: int, device: torch.device) -> None:
     if device.type == "cuda":
         if reproducible:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-            torch.use_deterministic_algorithms(True, warn_only=True)  # ops without one warn, naming themselves
+            torch.use_deterministic_algorithms(
+                True, warn_only=True
+            )  # ops without one warn, naming themselves
         torch.backends.cudnn.deterministic = reproducible
         torch.backends.cudnn.benchmark = not reproducible  # autotuned kernels: faster, not repeatable
 
 
 def nondeterministic_ops(caught: list[warnings.WarningMessage]) -> list[str]:
     """The ops PyTorch reported as lacking a deterministic implementation, from recorded warnings."""
-    return sorted({str(w.message).split(" does not have a deterministic")[0] for w in caught
-                   if "does not have a deterministic implementation" in str(w.message)})
+    return sorted(
+        {
+            str(w.message).split(" does not have a deterministic")[0]
+            for w in caught
+            if "does not have a deterministic implementation" in str(w.message)
+        }
+    )
 
 
 def _check_pinned() -> None:
@@ -80,7 +107,8 @@ def _check_pinned() -> None:
         raise RuntimeNotPinned(
             f"runtime.reproducible is true but torch already runs {kernels} kernels with MKL branch {blas} "
             f"(wanted {PINNED_KERNELS} and {PINNED_BLAS}): tensors were used before the runtime was pinned. "
-            "Run the stage as `python -m stages.<name>` (or set runtime.reproducible: false)")
+            "Run the stage as `python -m stages.<name>` (or set runtime.reproducible: false)"
+        )
 
 
 @cache
@@ -131,29 +159,45 @@ def cpu_isa() -> str:
 
 def is_pinned(device: torch.device) -> bool:
     """True when this process runs the pinned CPU kernels (the ones every processor shares)."""
-    return (device.type == "cpu" and torch.backends.cpu.get_cpu_capability() == PINNED_KERNELS
-            and blas_branch() == PINNED_BLAS and not torch.backends.mkldnn.enabled
-            and not nnpack_enabled())
+    return (
+        device.type == "cpu"
+        and torch.backends.cpu.get_cpu_capability() == PINNED_KERNELS
+        and blas_branch() == PINNED_BLAS
+        and not torch.backends.mkldnn.enabled
+        and not nnpack_enabled()
+    )
 
 
 def fingerprint(device: torch.device, reproducible: bool) -> dict:
-    """What a reproduction must match: processor, the kernels really used, threads, library and GPU versions."""
+    """What a reproduction must match: processor, kernels really used, threads, library and GPU versions."""
     import torchvision
+
     cuda = device.type == "cuda"
-    return {"reproducible": reproducible, "pinned": is_pinned(device), "device": str(device),
-            "cpu": cpu_model(), "cpu_isa": cpu_isa(), "kernel_isa": torch.backends.cpu.get_cpu_capability(),
-            "blas": f"MKL {blas_branch()}" if _mkl() else "not MKL", "onednn": torch.backends.mkldnn.enabled,
-            "nnpack": nnpack_enabled(), "threads": torch.get_num_threads(),
-            "torch": torch.__version__, "torchvision": torchvision.__version__, "machine": platform.machine(),
-            "cuda": torch.version.cuda if cuda else None,
-            "cudnn": torch.backends.cudnn.version() if cuda else None,
-            "gpu": torch.cuda.get_device_name(device) if cuda else None}
+    return {
+        "reproducible": reproducible,
+        "pinned": is_pinned(device),
+        "device": str(device),
+        "cpu": cpu_model(),
+        "cpu_isa": cpu_isa(),
+        "kernel_isa": torch.backends.cpu.get_cpu_capability(),
+        "blas": f"MKL {blas_branch()}" if _mkl() else "not MKL",
+        "onednn": torch.backends.mkldnn.enabled,
+        "nnpack": nnpack_enabled(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "machine": platform.machine(),
+        "cuda": torch.version.cuda if cuda else None,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "gpu": torch.cuda.get_device_name(device) if cuda else None,
+    }
 
 
 def write_fingerprint(stage: str, device: torch.device, reproducible: bool) -> dict:
-    """This process's fingerprint, written to metrics/environment/<stage>.json (beside the committed metrics)."""
+    """This process's fingerprint, written to metrics/environment/<stage>.json (beside the metrics)."""
     from imgcls.config import layout
     from imgcls.files import write_json
+
     found = fingerprint(device, reproducible)
     write_json(layout.fingerprint(stage), found)
     return found

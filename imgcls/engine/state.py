@@ -3,8 +3,8 @@ names). Resuming is: load it, hand it to `fit`, which puts every piece back. Tor
 
 The same state saved at epoch E, step S and resumed gives the same weights, bit for bit, as a run that never
 stopped: the data order and each image's augmentation are functions of (seed, epoch, index)
-(`imgcls.data.loaders.EpochSampler`), and the random generators the model itself draws from (dropout, stochastic depth)
-are saved here and put back.
+(`imgcls.data.loaders.EpochSampler`), and the random generators the model itself draws from (dropout,
+stochastic depth) are saved here and put back.
 """
 
 from __future__ import annotations
@@ -24,23 +24,27 @@ FORMAT = 1  # bump when a field changes meaning: an older checkpoint is then not
 @dataclass
 class TrainState:
     """Where training stands after `epoch - 1` whole epochs and `step` batches of epoch `epoch`."""
-    model: dict                   # the unwrapped model's state dict (the head alone on cached features)
+
+    model: dict  # the unwrapped model's state dict (the head alone on cached features)
     optimizer: dict
     scheduler: dict
-    stopper: dict                 # EarlyStopping's record: best value, best epoch, best weights
-    history: list[dict]           # one row per finished epoch (no timings: a checkpoint is reproducible)
-    epoch: int                    # the epoch to run next, or the one in progress (1-based)
-    step: int = 0                 # batches of `epoch` already done
+    stopper: dict  # EarlyStopping's record: best value, best epoch, best weights
+    history: list[dict]  # one row per finished epoch (no timings: a checkpoint is reproducible)
+    epoch: int  # the epoch to run next, or the one in progress (1-based)
+    step: int = 0  # batches of `epoch` already done
     sums: dict = field(default_factory=lambda: {"loss": 0.0, "correct": 0, "seen": 0})  # of those batches
     rng: dict = field(default_factory=dict)  # Python, NumPy, torch CPU and CUDA, the train loader's generator
-    finished: bool = False        # the last epoch ran or early stopping ended the run
+    finished: bool = False  # the last epoch ran or early stopping ended the run
     meta: dict = field(default_factory=dict)  # the stage's: what the run was made from, its MLflow run
     format: int = FORMAT
 
 
-def save_state(path: str | Path, state: TrainState) -> None:
-    """Atomically: a kill while saving leaves the previous checkpoint, never half of one. The fields are saved
-    as they are (dataclasses.asdict would deep-copy every tensor of the model and optimizer first)."""
+def save_state(path: str | Path, state: TrainState, meta: dict | None = None) -> None:
+    """`state` (with the stage's `meta`, if given) atomically: a kill while saving leaves the previous
+    checkpoint, never half of one. The fields are saved as they are (dataclasses.asdict would deep-copy every
+    tensor of the model and optimizer first)."""
+    if meta is not None:
+        state.meta = meta
     fields_ = {f.name: getattr(state, f.name) for f in fields(state)}
     write_serialized(path, lambda buffer: torch.save(fields_, buffer))
 
@@ -57,12 +61,17 @@ def load_state(path: str | Path) -> TrainState:
 def capture_rng(loader_generator: torch.Generator | None = None) -> dict:
     """Every random generator training may draw from, as plain values."""
     numpy_state = np.random.get_state(legacy=False)
-    state = {"python": _plain(random.getstate()),
-             "numpy": {"key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-                       "pos": numpy_state["state"]["pos"], "has_gauss": numpy_state["has_gauss"],
-                       "gauss": numpy_state["gauss"]},
-             "torch": torch.get_rng_state(),
-             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    state = {
+        "python": _plain(random.getstate()),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": numpy_state["state"]["pos"],
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
     if loader_generator is not None:
         state["loader"] = loader_generator.get_state()
     return state
@@ -72,9 +81,14 @@ def restore_rng(state: dict, loader_generator: torch.Generator | None = None) ->
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy_state = state["numpy"]
-    np.random.set_state({"bit_generator": "MT19937",
-                         "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
-                         "has_gauss": numpy_state["has_gauss"], "gauss": numpy_state["gauss"]})
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32), "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

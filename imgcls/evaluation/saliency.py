@@ -19,8 +19,9 @@ from imgcls.files import write_figure
 from imgcls.model.architectures import ARCHITECTURES
 
 
-def grad_cam(model: nn.Module, arch: str, images: torch.Tensor, classes: torch.Tensor,
-             cells: list | None = None) -> torch.Tensor:
+def grad_cam(
+    model: nn.Module, arch: str, images: torch.Tensor, classes: torch.Tensor, cells: list | None = None
+) -> torch.Tensor:
     """Maps in [0, 1] of shape (N, H, W) at the input's size: where in each image the `cam_layer` activations
     raise the logit of its class in `classes`. Gradient-weighted channel sum, ReLU, bilinear upsampling,
     each map scaled by its own maximum (an all-zero map stays zero: nothing there argues for the class).
@@ -53,8 +54,10 @@ def grad_cam(model: nn.Module, arch: str, images: torch.Tensor, classes: torch.T
 
 def file_name(rank: int, actual: str, predicted: str) -> str:
     """A portable file name for a pair of class names, which may hold any character a folder name can."""
+
     def safe(name: str) -> str:
         return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-")[:40] or "class"
+
     return f"{rank:02d}_{safe(actual)}_as_{safe(predicted)}.png"
 
 
@@ -89,8 +92,19 @@ def grid_figure(pixels: torch.Tensor, maps: torch.Tensor, captions: list[str], t
     return figure
 
 
-def write_grids(model: nn.Module, arch: str, load, targets: torch.Tensor, logits: torch.Tensor,
-                names: list[str], spec: dict, folder: Path, pairs: int, wrong: int, right: int) -> list[Path]:
+def write_grids(
+    model: nn.Module,
+    arch: str,
+    load,
+    targets: torch.Tensor,
+    logits: torch.Tensor,
+    names: list[str],
+    spec: dict,
+    folder: Path,
+    pairs: int,
+    wrong: int,
+    right: int,
+) -> list[Path]:
     """One PNG per confused pair (the `pairs` most frequent): up to `wrong` of its mistakes, mapped for the
     class the model chose, then up to `right` images of the actual class it got right, mapped for that class,
     for contrast; with no mistakes at all, one grid of correct images. `load(indices)` gives those test images
@@ -103,25 +117,34 @@ def write_grids(model: nn.Module, arch: str, load, targets: torch.Tensor, logits
     jobs = confused_pairs(targets, predicted, pairs) or [(None, None, 0)]
     for rank, (actual, guess, count) in enumerate(jobs, 1):
         if actual is None:
-            chosen = (predicted == targets).nonzero().flatten()[:wrong + right].tolist()
-            title, path = "no test image is misclassified: correct ones, mapped for their class", "00_no_mistakes.png"
+            chosen = (predicted == targets).nonzero().flatten()[: wrong + right].tolist()
+            title, path = (
+                "no test image is misclassified: correct ones, mapped for their class",
+                "00_no_mistakes.png",
+            )
         else:
             mistakes = ((targets == actual) & (predicted == guess)).nonzero().flatten()[:wrong].tolist()
             contrast = ((targets == actual) & (predicted == actual)).nonzero().flatten()[:right].tolist()
             chosen = mistakes + contrast
-            title = (f"{names[actual]} taken for {names[guess]}: {count} of "
-                     f"{int((targets == actual).sum())} test images (first {len(mistakes)} shown), then "
-                     f"{len(contrast)} {names[actual]} it got right")
+            title = (
+                f"{names[actual]} taken for {names[guess]}: {count} of "
+                f"{int((targets == actual).sum())} test images (first {len(mistakes)} shown), then "
+                f"{len(contrast)} {names[actual]} it got right"
+            )
             path = file_name(rank, names[actual], names[guess])
         if not chosen:
             continue
         images, cells = load(chosen), []
         maps = grad_cam(model, arch, images, predicted[chosen].to(images.device), cells).cpu()
         if max(cells) == 1:
-            title += (f"\n{ARCHITECTURES[arch].cam_layer} is 1 x 1 at {images.shape[-1]} px input: each map is "
-                      "one value for the whole image and cannot show where the model looked")
-        captions = [f"{names[targets[i]]}\n→ {names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}"
-                    for i in chosen]
+            title += (
+                f"\n{ARCHITECTURES[arch].cam_layer} is 1 x 1 at {images.shape[-1]} px input: each map is "
+                "one value for the whole image and cannot show where the model looked"
+            )
+        captions = [
+            f"{names[targets[i]]}\n→ {names[predicted[i]]} {probabilities[i, predicted[i]]:.2f}"
+            for i in chosen
+        ]
         figure = grid_figure(to_pixels(images, spec), maps, captions, title)
         written.append(write_figure(folder / path, figure))
     return written

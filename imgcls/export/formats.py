@@ -16,7 +16,13 @@ from imgcls.files import sha256_file, write_bytes, write_serialized
 RUNTIMES = ("onnx", "torch")
 PROGRAM_FILE, ONNX_FILE, CARD_FILE = "model.pt2", "model.onnx", "model_card.json"
 CALIBRATION_FILE = "calibration.json"  # {"temperature": T, ...}: probabilities are softmax(logits / T)
-EXPORT_FILES = (ONNX_FILE, PROGRAM_FILE, "labels.json", "preprocessing.json", CALIBRATION_FILE)  # hashed in the card
+EXPORT_FILES = (
+    ONNX_FILE,
+    PROGRAM_FILE,
+    "labels.json",
+    "preprocessing.json",
+    CALIBRATION_FILE,
+)  # hashed in the card
 
 
 class ExportTampered(RuntimeError):
@@ -31,16 +37,20 @@ def verify_export(folder: Path) -> dict:
         card = json.loads(card_path.read_text(encoding="utf-8"))
         recorded = card["model"]["files"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
-        raise ExportTampered(f"{card_path} is missing or not a model card ({type(error).__name__}); the export "
-                             "cannot be verified, so it is not loaded. Re-export with `dvc repro export`") from None
+        raise ExportTampered(
+            f"{card_path} is missing or not a model card ({type(error).__name__}); the export "
+            "cannot be verified, so it is not loaded. Re-export with `dvc repro export`"
+        ) from None
     for name in EXPORT_FILES:
         path = folder / name
         if name not in recorded:
             raise ExportTampered(f"{card_path} records no hash for {name}; re-export with `dvc repro export`")
         found = sha256_file(path) if path.is_file() else "missing"
         if found != recorded[name]:
-            raise ExportTampered(f"{path} does not match its model card (sha256 {found[:16]}…, card "
-                                 f"{recorded[name][:16]}…): refusing to load a file that was changed or swapped")
+            raise ExportTampered(
+                f"{path} does not match its model card (sha256 {found[:16]}…, card "
+                f"{recorded[name][:16]}…): refusing to load a file that was changed or swapped"
+            )
     return card
 
 
@@ -49,9 +59,13 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, path: Path) ->
     into the convolutions as ONNX Runtime does: fewer kernels per image, within 1e-6 of the eager model (the
     export stage's parity gate checks it on every test image)."""
     from torch.fx.experimental.optimization import fuse
-    program = torch.export.export(fuse(model.eval()), (example,),
-                                  dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-    for node in program.graph.nodes:  # provenance names Python object ids and this machine's paths: other bytes
+
+    program = torch.export.export(
+        fuse(model.eval()), (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}}
+    )
+    for (
+        node
+    ) in program.graph.nodes:  # provenance names Python object ids and this machine's paths: other bytes
         node.meta.pop("from_node", None)  # on every run and in every checkout
         node.meta.pop("stack_trace", None)
     write_serialized(path, lambda buffer: torch.export.save(program, buffer))
@@ -59,8 +73,15 @@ def export_program(model: torch.nn.Module, example: torch.Tensor, path: Path) ->
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     """ONNX via the dynamo exporter, dynamic batch; input `images` (N,3,H,W float32), output `logits`."""
-    program = torch.onnx.export(model, (example,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                                input_names=["images"], output_names=["logits"], opset_version=opset, dynamo=True)
+    program = torch.onnx.export(
+        model,
+        (example,),
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        input_names=["images"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamo=True,
+    )
     write_bytes(path, program.model_proto.SerializeToString())
 
 
@@ -68,6 +89,7 @@ def load_runtime(export_dir: Path, runtime: str, device: str = "cpu") -> Callabl
     """A function from a float32 NCHW batch to float32 logits, backed by `runtime`."""
     if runtime == "onnx":
         import onnxruntime as ort
+
         providers = ["CPUExecutionProvider"]
         if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -82,6 +104,7 @@ def load_runtime(export_dir: Path, runtime: str, device: str = "cpu") -> Callabl
         def run(batch: np.ndarray) -> np.ndarray:  # channels_last: measured 1.2-1.3x faster on the CPU
             images = torch.from_numpy(np.asarray(batch, dtype=np.float32)).to(device)
             return program(images.contiguous(memory_format=torch.channels_last)).float().cpu().numpy()
+
         return run
     raise ValueError(f"runtime {runtime!r} is not one of {', '.join(RUNTIMES)}")
 
@@ -90,7 +113,9 @@ def read_temperature(export_dir: Path) -> float:
     """The temperature the evaluate stage fitted on val (1.0 when temperature scaling was off)."""
     temperature = json.loads((export_dir / CALIBRATION_FILE).read_text())["temperature"]
     if not isinstance(temperature, int | float) or not temperature > 0:
-        raise ValueError(f"{export_dir / CALIBRATION_FILE}: temperature must be a positive number, got {temperature!r}")
+        raise ValueError(
+            f"{export_dir / CALIBRATION_FILE}: temperature must be a positive number, got {temperature!r}"
+        )
     return float(temperature)
 
 
@@ -101,5 +126,9 @@ def class_probabilities(logits: np.ndarray, temperature: float) -> torch.Tensor:
 
 def compare(expected: np.ndarray, actual: np.ndarray, atol: float) -> dict:
     """Parity figures of `actual` logits against `expected`."""
-    return {"images": int(len(expected)), "max_abs_diff": float(np.abs(expected - actual).max()),
-            "top1_agreement": float((expected.argmax(1) == actual.argmax(1)).mean()), "atol": atol}
+    return {
+        "images": int(len(expected)),
+        "max_abs_diff": float(np.abs(expected - actual).max()),
+        "top1_agreement": float((expected.argmax(1) == actual.argmax(1)).mean()),
+        "atol": atol,
+    }

@@ -28,12 +28,19 @@ def check_parity(model, out: Path, images: torch.Tensor, atol: float) -> dict:
     change, or on any value that is not finite (NaN never passes a tolerance)."""
     expected = model(images).numpy()
     if not np.isfinite(expected).all():
-        raise RuntimeError("models/model.pt gives non-finite logits on the test images: the model is broken "
-                           "(did training diverge?); not exporting it")
+        raise RuntimeError(
+            "models/model.pt gives non-finite logits on the test images: the model is broken "
+            "(did training diverge?); not exporting it"
+        )
     parity = {name: compare(expected, load_runtime(out, name)(images.numpy()), atol) for name in RUNTIMES}
-    broken = {k: v for k, v in parity.items()
-              if not np.isfinite(v["max_abs_diff"]) or v["max_abs_diff"] > atol or v["top1_agreement"] < 1.0}
+    broken = {
+        k: v
+        for k, v in parity.items()
+        if not np.isfinite(v["max_abs_diff"]) or v["max_abs_diff"] > atol or v["top1_agreement"] < 1.0
+    }
     if broken:
-        raise RuntimeError(f"exported model disagrees with models/model.pt on the test images: {broken}. "
-                           "The export is not trustworthy; not registering it")
+        raise RuntimeError(
+            f"exported model disagrees with models/model.pt on the test images: {broken}. "
+            "The export is not trustworthy; not registering it"
+        )
     return parity

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Architecture:
-    head: str       # the classifier layer, replaced by a `num_classes`-way one for the new task
-    features: int   # the width of the head's input
+    head: str  # the classifier layer, replaced by a `num_classes`-way one for the new task
+    features: int  # the width of the head's input
     cam_layer: str  # the last convolutional block: where Grad-CAM looks
     min_size: int = 1  # the smallest input side (px) its layers accept
 

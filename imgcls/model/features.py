@@ -26,13 +26,20 @@ def head_of(model: nn.Module, arch: str) -> nn.Module:
 
 
 @torch.no_grad()
-def backbone_features(model: nn.Module, arch: str, loader, device: torch.device, hflip: bool,
-                      memory_format: torch.memory_format = torch.contiguous_format
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+def backbone_features(
+    model: nn.Module,
+    arch: str,
+    loader,
+    device: torch.device,
+    hflip: bool,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features [views, images, width] as float32 on the CPU, targets) for an unshuffled `loader`: the input
     of the head, caught by a forward pre-hook, with the whole model in eval mode."""
     captured: list[torch.Tensor] = []
-    hook = head_of(model, arch).register_forward_pre_hook(lambda _, inputs: captured.append(inputs[0].float().cpu()))
+    hook = head_of(model, arch).register_forward_pre_hook(
+        lambda _, inputs: captured.append(inputs[0].float().cpu())
+    )
     model.eval()
     views = [False, True] if hflip else [False]
     features, targets = [], []
@@ -65,5 +72,3 @@ class FeatureViews(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         view = int(torch.randint(len(self.views), ())) if len(self.views) > 1 else 0
         return self.views[view, index], self.targets[index]
-
-

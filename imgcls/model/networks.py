@@ -31,8 +31,10 @@ def load_backbone(model: nn.Module, arch: str, state_dict: dict[str, torch.Tenso
     missing, unexpected = model.load_state_dict(backbone, strict=False)
     missing = [k for k in missing if not k.startswith(head)]
     if missing or unexpected:
-        raise ValueError(f"{source} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}. "
-                         "Do the weights match model.arch?")
+        raise ValueError(
+            f"{source} does not fit {arch}: missing {missing[:5]}, unexpected {unexpected[:5]}. "
+            "Do the weights match model.arch?"
+        )
 
 
 def freeze_backbone(model: nn.Module, arch: str) -> None:
@@ -50,10 +52,9 @@ def set_train_mode(model: nn.Module, frozen_backbone: bool) -> None:
                 module.eval()
 
 
-
-
-def starting_model(arch: str, class_names: list[str], backbone: dict[str, torch.Tensor], freeze: str,
-                   source: str) -> nn.Module:
+def starting_model(
+    arch: str, class_names: list[str], backbone: dict[str, torch.Tensor], freeze: str, source: str
+) -> nn.Module:
     """`arch` with a head for `class_names`, the starting weights' backbone loaded (`source` names them in
     errors), the backbone frozen when `freeze` is `backbone`."""
     model = build_model(arch, len(class_names))

@@ -34,9 +34,12 @@ def dvc_lock_hashes(root: Path | None = None) -> dict:
 def lock_hashes(text: str | None) -> dict:
     """{stage: {path: md5}} for every dep and out of a dvc.lock's text (empty for none)."""
     stages = (yaml.safe_load(text or "") or {}).get("stages", {})
-    return {name: {entry["path"]: entry.get("md5", "") for kind in ("deps", "outs")
-                   for entry in stage.get(kind, [])}
-            for name, stage in stages.items()}
+    return {
+        name: {
+            entry["path"]: entry.get("md5", "") for kind in ("deps", "outs") for entry in stage.get(kind, [])
+        }
+        for name, stage in stages.items()
+    }
 
 
 def params_hash(params: dict) -> str:

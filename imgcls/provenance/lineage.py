@@ -16,10 +16,11 @@ from pathlib import Path
 
 from imgcls.config import layout
 from imgcls.config.params import parse_params
-from imgcls.config.strict_yaml import read_yaml
 from imgcls.export.card import dvc_hashes
 from imgcls.files import sha256_file
 from imgcls.provenance import inputs, registry, store
+from imgcls.provenance.git import train_code_unchanged
+from imgcls.provenance.relocation import relocate_store
 
 
 def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
@@ -34,10 +35,21 @@ def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
             card[key]  # noqa: B018 - a card without any of these cannot be traced
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         kind = "empty" if not card_path.stat().st_size else type(error).__name__
-        return [("model card", False, f"{card_path} is not a readable model card ({kind}: {str(error)[:120]}); "
-                 "re-create it with `dvc repro export` or restore it from DVC (`dvc checkout`)")]
-    links = [check_files(export_dir, root, card), check_lock(root, card), check_workspace(root),
-             check_params(card), check_commit(root, card)]
+        return [
+            (
+                "model card",
+                False,
+                f"{card_path} is not a readable model card ({kind}: {str(error)[:120]}); "
+                "re-create it with `dvc repro export` or restore it from DVC (`dvc checkout`)",
+            )
+        ]
+    links = [
+        check_files(export_dir, root, card),
+        check_lock(root, card),
+        check_workspace(root),
+        check_params(card),
+        check_commit(root, card),
+    ]
     links += check_mlflow(card, sha256_file(card_path), root)
     return links
 
@@ -50,7 +62,9 @@ def check_files(export_dir: Path, root: Path, card: dict) -> tuple[str, bool, st
             broken.append(f"{path} is missing (the card records sha256 {expected[:16]}…)")
         elif (actual := sha256_file(path)) != expected:
             broken.append(f"{path} has sha256 {actual[:16]}…, the card says {expected[:16]}…")
-    detail = "; ".join(broken) or ", ".join(f"{n} sha256 {h[:16]}…" for n, h in card["model"]["files"].items())
+    detail = "; ".join(broken) or ", ".join(
+        f"{n} sha256 {h[:16]}…" for n, h in card["model"]["files"].items()
+    )
     return "model file -> model card", not broken, detail
 
 
@@ -63,16 +77,22 @@ def check_lock(root: Path, card: dict) -> tuple[str, bool, str]:
 def check_workspace(root: Path) -> tuple[str, bool, str]:
     """DVC recomputes the hashes of every dep and output on disk against dvc.lock."""
     from dvc.repo import Repo
+
     with Repo(str(root)) as repo:
         status = repo.status(targets=list(layout.STAGES))
     changed = []
     for stage, entries in status.items():
         for entry in entries:
-            for kind, paths in (entry.items() if isinstance(entry, dict) else []):
+            for kind, paths in entry.items() if isinstance(entry, dict) else []:
                 if kind in ("changed deps", "changed outs"):
-                    changed += [f"{path}: {state} ({stage})" for path, state in paths.items()
-                                if path != "params.yaml"]
-    return "dvc.lock -> data, weights and model on disk", not changed, "; ".join(changed) or "dvc status: unchanged"
+                    changed += [
+                        f"{path}: {state} ({stage})" for path, state in paths.items() if path != "params.yaml"
+                    ]
+    return (
+        "dvc.lock -> data, weights and model on disk",
+        not changed,
+        "; ".join(changed) or "dvc status: unchanged",
+    )
 
 
 def check_params(card: dict) -> tuple[str, bool, str]:
@@ -84,16 +104,29 @@ def check_params(card: dict) -> tuple[str, bool, str]:
 
 def check_commit(root: Path, card: dict) -> tuple[str, bool, str]:
     commit = card["git"]["git_commit"]
-    found = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=root,
-                           capture_output=True).returncode == 0
-    dirty = " (tree was dirty: " + ", ".join(card["git"]["git_dirty_paths"]) + ")" if card["git"]["git_dirty"] else ""
-    return "params -> git commit", found, (f"{commit}{dirty}" if found else f"commit {commit} is not in {root}")
+    found = (
+        subprocess.run(
+            ["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=root, capture_output=True
+        ).returncode
+        == 0
+    )
+    dirty = (
+        " (tree was dirty: " + ", ".join(card["git"]["git_dirty_paths"]) + ")"
+        if card["git"]["git_dirty"]
+        else ""
+    )
+    return (
+        "params -> git commit",
+        found,
+        (f"{commit}{dirty}" if found else f"commit {commit} is not in {root}"),
+    )
 
 
 def check_mlflow(card: dict, card_sha: str, root: Path) -> list[tuple[str, bool, str]]:
     """The run's tags and the registered version (found by the card's hash) must agree with the card; the run
     must not be deleted, and it must have been trained on code and params the card's commit still holds."""
     from mlflow.exceptions import MlflowException
+
     uri = os.environ.get("MLFLOW_TRACKING_URI") or store.resolve_uri(card["mlflow"]["tracking_uri"], root)
     info = card["mlflow"]
     try:
@@ -104,26 +137,48 @@ def check_mlflow(card: dict, card_sha: str, root: Path) -> list[tuple[str, bool,
         return [("git commit -> MLflow run", False, f"run {info['run_id']} cannot be read: {error}")]
     except (MlflowException, *database_errors()) as error:
         message = " ".join(str(getattr(error, "message", error)).split())[:300]
-        return [("git commit -> MLflow run", False, f"run {info['run_id']} cannot be read from {uri}: {message}")]
+        return [
+            ("git commit -> MLflow run", False, f"run {info['run_id']} cannot be read from {uri}: {message}")
+        ]
     tags, train_commit = run.data.tags, card["git"].get("train_commit") or card["git"]["git_commit"]
-    same = [tags.get("model_card_sha256") == card_sha, tags.get("params_sha256") == card["params_sha256"],
-            tags.get("git_commit") == train_commit]
+    same = [
+        tags.get("model_card_sha256") == card_sha,
+        tags.get("params_sha256") == card["params_sha256"],
+        tags.get("git_commit") == train_commit,
+    ]
     unchanged, changes = train_code_unchanged(root, train_commit, card["git"]["git_commit"])
     deleted = run.info.lifecycle_stage == "deleted"
-    problems = [n for n, ok in zip(("model_card_sha256 (card edited?)", "params_sha256", "git_commit"), same)
-                if not ok]
-    detail = (f"run {info['run_id']} is deleted in {uri} (restore it: `mlflow runs restore --run-id "
-              f"{info['run_id']}`)" if deleted else
-              "the run's tags disagree with this card: " + ", ".join(problems) if problems else
-              f"trained at {train_commit[:12]}, exported at {card['git']['git_commit'][:12]}, but {changes}"
-              if not unchanged else f"run {info['run_id']} ({run.info.status}) in {uri}" +
-              (f"; trained at {train_commit[:12]}, train's code unchanged at the card's commit"
-               if train_commit != card["git"]["git_commit"] else ""))
+    problems = [
+        n
+        for n, ok in zip(("model_card_sha256 (card edited?)", "params_sha256", "git_commit"), same)
+        if not ok
+    ]
+    detail = (
+        f"run {info['run_id']} is deleted in {uri} (restore it: `mlflow runs restore --run-id "
+        f"{info['run_id']}`)"
+        if deleted
+        else "the run's tags disagree with this card: " + ", ".join(problems)
+        if problems
+        else f"trained at {train_commit[:12]}, exported at {card['git']['git_commit'][:12]}, but {changes}"
+        if not unchanged
+        else f"run {info['run_id']} ({run.info.status}) in {uri}"
+        + (
+            f"; trained at {train_commit[:12]}, train's code unchanged at the card's commit"
+            if train_commit != card["git"]["git_commit"]
+            else ""
+        )
+    )
     links = [("git commit -> MLflow run", not deleted and all(same) and unchanged, detail)]
-    links.append(("MLflow run -> registry", bool(matching),
-                  f"{info['name']} version {', '.join(str(v.version) for v in matching)} carries this card's hash"
-                  if matching else f"no complete version of {info['name']} from run {info['run_id']} carries this "
-                  "card's hash (not registered, or the card was changed)"))
+    links.append(
+        (
+            "MLflow run -> registry",
+            bool(matching),
+            f"{info['name']} version {', '.join(str(v.version) for v in matching)} carries this card's hash"
+            if matching
+            else f"no complete version of {info['name']} from run {info['run_id']} carries this "
+            "card's hash (not registered, or the card was changed)",
+        )
+    )
     run_file = root / layout.RUN
     if run_file.is_file():
         recorded = json.loads(run_file.read_text())["run_id"]
@@ -136,39 +191,26 @@ def database_errors() -> tuple[type[Exception], ...]:
     import sqlite3
 
     from sqlalchemy.exc import SQLAlchemyError
+
     return SQLAlchemyError, sqlite3.Error
-
-
-def train_code_unchanged(root: Path, trained: str, exported: str) -> tuple[bool, str]:
-    """Whether the train stage's definition and its code in git are the same at the commit where the model was
-    trained and at the card's (export's) commit: then DVC would not have re-trained, and the run belongs to the
-    card's commit too. (Its params are the card's own, checked against the run by their hash.) (bool, what
-    differs)."""
-    if trained == exported:
-        return True, ""
-
-    def show(commit: str, path: str) -> str | None:
-        result = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=root, capture_output=True, text=True)
-        return result.stdout if result.returncode == 0 else None
-    stages = [read_yaml(show(c, "dvc.yaml") or "{}").get("stages", {}).get("train") for c in (trained, exported)]
-    if stages[0] is None or stages[0] != stages[1]:
-        return False, "the train stage of dvc.yaml differs between them (or a commit is missing)"
-    deps = [d for d in stages[1].get("deps", []) if isinstance(d, str) and "$" not in d]
-    tracked = subprocess.run(["git", "ls-tree", "-r", "--name-only", exported, "--", *deps], cwd=root,
-                             capture_output=True, text=True).stdout.split()
-    changed = subprocess.run(["git", "diff", "--name-only", trained, exported, "--", *tracked], cwd=root,
-                             capture_output=True, text=True).stdout.split()
-    return (False, f"train's code changed between them: {', '.join(changed[:5])}") if changed else (True, "")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m imgcls lineage", description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, nargs="?", default=Path(layout.EXPORT),
-                        help="export folder (models/export, the default) or a file inside it")
+    parser.add_argument(
+        "model",
+        type=Path,
+        nargs="?",
+        default=Path(layout.EXPORT),
+        help="export folder (models/export, the default) or a file inside it",
+    )
     parser.add_argument("--repo", type=Path, default=Path.cwd(), help="repository root (default: .)")
-    parser.add_argument("--relocate-store", action="store_true",
-                        help="point the repository's own MLflow store (mlflow.db) at this folder's mlartifacts/ "
-                        "after the repository was moved or copied, then verify")
+    parser.add_argument(
+        "--relocate-store",
+        action="store_true",
+        help="point the repository's own MLflow store (mlflow.db) at this folder's mlartifacts/ "
+        "after the repository was moved or copied, then verify",
+    )
     args = parser.parse_args(argv)
     if args.relocate_store:
         relocate_store(args.repo.resolve())
@@ -180,18 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(links) - len(broken)}/{len(links)} links verified"
     print("\n" + summary + (f"; broken: {', '.join(broken)}" if broken else ""))
     return 1 if broken else 0
-
-
-def relocate_store(root: Path) -> None:
-    """Rewrite the artifact locations of root/mlflow.db to root/mlartifacts (imgcls.provenance.relocation)."""
-    from imgcls.provenance.relocation import relocate
-    store = root / "mlflow.db"
-    if not store.is_file():
-        print(f"no MLflow store at {store}: nothing to relocate")
-        return
-    changed = relocate(store)
-    print(f"{store}: " + (", ".join(f"{n} {k}" for k, n in changed.items()) + " rewritten to "
-                          f"{root / 'mlartifacts'}" if changed else "already points here") + "\n")
 
 
 if __name__ == "__main__":

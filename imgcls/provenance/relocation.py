@@ -14,9 +14,13 @@ from urllib.parse import unquote, urlparse
 ARTIFACTS = "mlartifacts"
 # Every column of MLflow 3's sqlite schema that holds an absolute artifact location (tables missing in other
 # versions are skipped).
-LOCATIONS = {"experiments": ("artifact_location",), "runs": ("artifact_uri",),
-             "logged_models": ("artifact_location",), "model_versions": ("source", "storage_location"),
-             "workspaces": ("default_artifact_root",)}
+LOCATIONS = {
+    "experiments": ("artifact_location",),
+    "runs": ("artifact_uri",),
+    "logged_models": ("artifact_location",),
+    "model_versions": ("source", "storage_location"),
+    "workspaces": ("default_artifact_root",),
+}
 REPAIR = "python -m imgcls lineage --relocate-store"
 
 
@@ -42,13 +46,15 @@ def check_not_moved(db: Path) -> None:
     root = db.parent.resolve()
     others = sorted(str(r) for r in recorded_roots(db) if r.resolve() != root)
     if others:
-        raise StoreMoved(f"the MLflow store {db} keeps its artifacts in {others[0]}/{ARTIFACTS}, but this repository "
-                         f"is {root} (moved or copied since): run `{REPAIR}` here once to point the store at "
-                         f"{root / ARTIFACTS}")
+        raise StoreMoved(
+            f"the MLflow store {db} keeps its artifacts in {others[0]}/{ARTIFACTS}, but this repository "
+            f"is {root} (moved or copied since): run `{REPAIR}` here once to point the store at "
+            f"{root / ARTIFACTS}"
+        )
 
 
 def relocate(db: Path) -> dict[str, int]:
-    """Rewrite every location under another root's mlartifacts/ to this root's: {table.column: rows changed}."""
+    """Point each location under another root's mlartifacts/ to this root's: {table.column: rows changed}."""
     root = db.parent.resolve()
     changed: dict[str, int] = {}
     with sqlite3.connect(db) as connection:  # one transaction: all of it or none
@@ -63,8 +69,28 @@ def relocate(db: Path) -> dict[str, int]:
                             continue
                         cursor = connection.execute(
                             f"UPDATE {table} SET {column} = ? || substr({column}, ?) "  # noqa: S608 - fixed names
-                            f"WHERE substr({column}, 1, ?) = ?", (after, len(before) + 1, len(before), before))
+                            f"WHERE substr({column}, 1, ?) = ?",
+                            (after, len(before) + 1, len(before), before),
+                        )
                         if cursor.rowcount:
                             key = f"{table}.{column}"
                             changed[key] = changed.get(key, 0) + cursor.rowcount
     return changed
+
+
+def relocate_store(root: Path) -> None:
+    """Rewrite the artifact locations of root/mlflow.db to root/mlartifacts (imgcls.provenance.relocation)."""
+    store = root / "mlflow.db"
+    if not store.is_file():
+        print(f"no MLflow store at {store}: nothing to relocate")
+        return
+    changed = relocate(store)
+    print(
+        f"{store}: "
+        + (
+            ", ".join(f"{n} {k}" for k, n in changed.items()) + f" rewritten to {root / 'mlartifacts'}"
+            if changed
+            else "already points here"
+        )
+        + "\n"
+    )

@@ -18,20 +18,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from imgcls.config import layout
-from imgcls.config.params import Params, load_params, parse_params
-from imgcls.config.strict_yaml import read_yaml
+from imgcls.config.params import load_params
 from imgcls.provenance.inputs import flatten
-from imgcls.provenance.reference import adopt_command, differences, lock_at
+from imgcls.provenance.reference import (
+    adopt_command,
+    at_rev,
+    decide_mode,
+    differences,
+    lock_at,
+    reference_params_at,
+    seed_spread,
+)
 
-FINGERPRINTED = ("pretrain", "train", "evaluate")
 HEADLINE = ("test_accuracy", "test_f1_macro")  # gated by the reference's interval in band mode
 GAPS = ("lowest_recall.", "confused_pairs.")  # the evaluate stage's lists of weakest classes and pairs
 
@@ -67,7 +70,9 @@ def headline_band(key: str, reference: dict, sweep: dict | None) -> tuple[float,
     return low, high
 
 
-def compare_metrics(old: dict[str, dict], new: dict[str, dict], exact: bool, sweep: dict | None = None) -> list[Row]:
+def compare_metrics(
+    old: dict[str, dict], new: dict[str, dict], exact: bool, sweep: dict | None = None
+) -> list[Row]:
     """One row per metric in either run: {file: metrics} of the reference and of this run; `sweep` is the
     seed spread ({metric: {mean, sd}}) of the reference's params, if one was measured."""
     rows = []
@@ -90,55 +95,67 @@ def compare_metrics(old: dict[str, dict], new: dict[str, dict], exact: bool, swe
     return rows
 
 
-def decide_mode(old_env: dict[str, dict], new_env: dict[str, dict]) -> tuple[bool, list[str]]:
-    """(exact comparison applies, why not): exact only if every stage ran the same pinned runtime."""
-    from imgcls.engine.runtime import same_bits_expected
-    reasons = []
-    for stage in FINGERPRINTED:
-        before, after = old_env.get(stage), new_env.get(stage)
-        if before is None or after is None:
-            reasons.append(f"{stage}: no fingerprint in the {'reference' if before is None else 'run'}")
-            continue
-        same, differ = same_bits_expected(before, after)
-        if not same:
-            unpinned = [side for side, env in (("reference", before), ("run", after)) if not env.get("pinned")]
-            why = ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in differ)
-            reasons.append(f"{stage}: " + "; ".join(filter(None, [
-                f"not pinned in the {' and '.join(unpinned)}" if unpinned else "", why])))
-    return not reasons, reasons
-
-
-def report(rows: list[Row], exact: bool, reasons: list[str], old_env: dict, new_env: dict) -> tuple[bool, str]:
+def report(
+    rows: list[Row], exact: bool, reasons: list[str], old_env: dict, new_env: dict
+) -> tuple[bool, str]:
     """(reproduced, the text a person reads in the CI log): fingerprints, every metric that changed or gates,
     the mode and why, and one verdict line."""
     failed = [r for r in rows if not r.ok]
     lines = []
     lines.append("Fingerprints, reference -> this run:")
-    for stage in FINGERPRINTED:
+    for stage in layout.FINGERPRINTED:
         before, after = old_env.get(stage, {}), new_env.get(stage, {})
-        lines.append(f"  {stage}: " + ", ".join(
-            f"{k}={before.get(k)!r}" + ("" if before.get(k) == after.get(k) else f" -> {after.get(k)!r}")
-            for k in ("pinned", "cpu", "cpu_isa", "kernel_isa", "blas", "threads", "device", "gpu", "torch")))
+        lines.append(
+            f"  {stage}: "
+            + ", ".join(
+                f"{k}={before.get(k)!r}" + ("" if before.get(k) == after.get(k) else f" -> {after.get(k)!r}")
+                for k in (
+                    "pinned",
+                    "cpu",
+                    "cpu_isa",
+                    "kernel_isa",
+                    "blas",
+                    "threads",
+                    "device",
+                    "gpu",
+                    "torch",
+                )
+            )
+        )
     shown = [r for r in rows if not r.ok or r.old != r.new or r.gate.startswith("band") or r.key in HEADLINE]
     lines += ["", f"{'metric':58} {'reference':>12} {'this run':>12} {'change':>10}  gate"]
-    lines += [f"{r.file + ':' + r.key:58} {fmt(r.old):>12} {fmt(r.new):>12} {change(r):>10}  {r.gate}"
-              + ("   <-- FAILS" if not r.ok else "") for r in shown]
+    lines += [
+        f"{r.file + ':' + r.key:58} {fmt(r.old):>12} {fmt(r.new):>12} {change(r):>10}  {r.gate}"
+        + ("   <-- FAILS" if not r.ok else "")
+        for r in shown
+    ]
     lines.append(f"({len(rows) - len(shown)} other metrics identical)")
     names = ", ".join(f"{r.file}:{r.key}" for r in failed)
     if exact:
-        lines += ["", "MODE exact: reference and run share the pinned CPU runtime, so the same bits are expected."]
-        verdict = (f"reproduced: all {len(rows)} metrics identical" if not failed else
-                   f"REGRESSION, not rounding: {len(failed)} metric(s) changed on the same runtime: {names}")
+        lines += [
+            "",
+            "MODE exact: reference and run share the pinned CPU runtime, so the same bits are expected.",
+        ]
+        verdict = (
+            f"reproduced: all {len(rows)} metrics identical"
+            if not failed
+            else f"REGRESSION, not rounding: {len(failed)} metric(s) changed on the same runtime: {names}"
+        )
     else:
         moved = sum(1 for r in rows if r.gate == "report" and r.old != r.new)
         lines += ["", "MODE band: the runtimes differ, so rounding can move training results:"]
         lines += [f"  - {reason}" for reason in reasons]
-        lines.append("  Integrity counts must be identical; headline metrics must lie in their band (the "
-                     "reference's 95% interval, widened to the seed sweep's mean ± 3 sd where one was measured "
-                     "for these params); "
-                     f"{moved} fragile figure(s) moved and do not gate.")
-        verdict = ("reproduced within the reference's noise" if not failed else
-                   f"NOT reproduced: {len(failed)} metric(s) outside their gate: {names}")
+        lines.append(
+            "  Integrity counts must be identical; headline metrics must lie in their band (the "
+            "reference's 95% interval, widened to the seed sweep's mean ± 3 sd where one was measured "
+            "for these params); "
+            f"{moved} fragile figure(s) moved and do not gate."
+        )
+        verdict = (
+            "reproduced within the reference's noise"
+            if not failed
+            else f"NOT reproduced: {len(failed)} metric(s) outside their gate: {names}"
+        )
     lines.append(f"VERDICT {verdict}")
     return not failed, "\n".join(lines)
 
@@ -156,65 +173,55 @@ def read_json(text: str | None) -> dict:
     return json.loads(text) if text else {}
 
 
-def at_rev(rev: str, path: str) -> str | None:
-    """A file's text as committed at `rev`, or None if it is not there."""
-    result = subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True)
-    return result.stdout if result.returncode == 0 else None
-
-
 # The metrics and the reports behind them: in exact mode every value must be the same.
-METRIC_FILES = (layout.PREPARE_METRICS, layout.PREPARE_REPORT, layout.PRETRAIN_METRICS, layout.TRAIN_METRICS,
-                layout.EVALUATE_METRICS, layout.EVALUATE_REPORT)
-
-
-def reference_params_at(rev: str, current: Params) -> Params:
-    """The committed params (they name the reference's files); the current ones if those cannot be read."""
-    committed = at_rev(rev, "params.yaml")
-    try:
-        return parse_params(read_yaml(committed), f"{rev}:params.yaml") if committed else current
-    except (ValueError, yaml.YAMLError):
-        return current
+METRIC_FILES = (
+    layout.PREPARE_METRICS,
+    layout.PREPARE_REPORT,
+    layout.PRETRAIN_METRICS,
+    layout.TRAIN_METRICS,
+    layout.EVALUATE_METRICS,
+    layout.EVALUATE_REPORT,
+)
 
 
 def check(rev: str) -> tuple[bool, str]:
-    """Compare the workspace's metrics and fingerprints with those committed at `rev`, when the reference there
-    was made from the same data and params; otherwise say what differs and how to adopt these results."""
+    """Compare the workspace's metrics and fingerprints with those committed at `rev`, when the reference
+    there was made from the same data and params; otherwise say what differs and how to adopt these
+    results."""
     params = load_params()
     reference_params = reference_params_at(rev, params)
     differ = differences(reference_params, lock_at(rev), params, lock_at(None))
     if differ:
-        return True, "\n".join([
-            f"The reference committed at {rev} was made from other inputs than these results, so they are not "
-            "compared (a new dataset or an experiment is not a failed reproduction):",
-            *(f"  {line}" for line in differ), "",
-            "To make these results the reference (after `dvc repro`), commit them with their fingerprints:",
-            f"  {adopt_command(params)}", "",
-            f"VERDICT not compared: the reference at {rev} belongs to other data or params"])
+        return True, "\n".join(
+            [
+                f"The reference committed at {rev} was made from other inputs than these results, "
+                "so they are not compared (a new dataset or an experiment is not a failed reproduction):",
+                *(f"  {line}" for line in differ),
+                "",
+                "To make these results the reference (after `dvc repro`), "
+                "commit them with their fingerprints:",
+                f"  {adopt_command(params)}",
+                "",
+                f"VERDICT not compared: the reference at {rev} belongs to other data or params",
+            ]
+        )
     old = {f: read_json(at_rev(rev, f)) for f in METRIC_FILES}
     new = {f: read_json(Path(f).read_text()) if Path(f).is_file() else {} for f in METRIC_FILES}
-    old_env = {s: read_json(at_rev(rev, layout.fingerprint(s))) or None for s in FINGERPRINTED}
-    new_env = {s: read_json(p.read_text()) if (p := Path(layout.fingerprint(s))).is_file() else None
-               for s in FINGERPRINTED}
+    old_env = {s: read_json(at_rev(rev, layout.fingerprint(s))) or None for s in layout.FINGERPRINTED}
+    new_env = {
+        s: read_json(p.read_text()) if (p := Path(layout.fingerprint(s))).is_file() else None
+        for s in layout.FINGERPRINTED
+    }
     old_env = {k: v for k, v in old_env.items() if v}
     new_env = {k: v for k, v in new_env.items() if v}
     exact, reasons = decide_mode(old_env, new_env)
     sweep = seed_spread(reference_params)
     ok, text = report(compare_metrics(old, new, exact, sweep), exact, reasons, old_env, new_env)
     fallback = new.get(layout.EVALUATE_REPORT, {}).get("calibration", {}).get("temperature_fallback")
-    note = f"calibration: the fitted temperature is not used (T = 1 exported): {fallback}\n" if fallback else ""
+    note = (
+        f"calibration: the fitted temperature is not used (T = 1 exported): {fallback}\n" if fallback else ""
+    )
     return ok, note + text
-
-
-def seed_spread(reference_params: Params) -> dict | None:
-    """The pretrained variant's spread from benchmarks/seed_sweep.json, if it was measured with these params."""
-    from imgcls.provenance.inputs import params_hash
-    path = Path("benchmarks/seed_sweep.json")
-    if not path.is_file():
-        return None
-    sweep = json.loads(path.read_text())
-    if sweep.get("params_sha256") != params_hash(reference_params.as_dict()):
-        return None
-    return sweep["summary"]["pretrained"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,15 +18,19 @@ from mlflow.tracking import MlflowClient
 from imgcls.config import layout
 from imgcls.config.params import Params
 from imgcls.engine.state import TrainState
+from imgcls.files import write_json
 from imgcls.provenance import inputs, store, ui_links
 from imgcls.provenance.git import git_state
-from imgcls.provenance.store import tracking_uri
+from imgcls.provenance.store import portable_uri, tracking_uri
 
 log = logging.getLogger("tracking")
 
+
 def run_name(params_sha: str) -> str:
-    """Unique and meaningful: the stage that made it, the DVC experiment (or `repro`), the params hash, when."""
-    return f"train-{os.environ.get('DVC_EXP_NAME') or 'repro'}-{params_sha[:8]}-{time.strftime('%Y%m%dT%H%M%S')}"
+    """Unique and meaningful: the stage, the DVC experiment (or `repro`), the params hash, when."""
+    return (
+        f"train-{os.environ.get('DVC_EXP_NAME') or 'repro'}-{params_sha[:8]}-{time.strftime('%Y%m%dT%H%M%S')}"
+    )
 
 
 @contextmanager
@@ -85,17 +89,23 @@ def continue_run(client: MlflowClient, run_id: str, note: str) -> None:
     try:
         run = client.get_run(run_id)
     except MlflowException as error:
-        raise RuntimeError(f"the checkpoint's MLflow run {run_id} is not in {tracking_uri()} ({error.message[:200]}); "
-                           "delete the checkpoint (train.checkpoint) to start a fresh run") from error
+        raise RuntimeError(
+            f"the checkpoint's MLflow run {run_id} is not in {tracking_uri()} ({error.message[:200]}); "
+            "delete the checkpoint (train.checkpoint) to start a fresh run"
+        ) from error
     mark_if_orphaned(client, run, "train")
     if client.get_run(run_id).info.status == "RUNNING":
-        raise RuntimeError(f"MLflow run {run_id} is RUNNING in process {run.data.tags.get('process.pid')} on "
-                           f"{run.data.tags.get('process.host')}: another train is using this checkpoint; stop it "
-                           "first")
+        raise RuntimeError(
+            f"MLflow run {run_id} is RUNNING in process {run.data.tags.get('process.pid')} on "
+            f"{run.data.tags.get('process.host')}: another train is using this checkpoint; stop it "
+            "first"
+        )
     client.update_run(run_id, status="RUNNING")
     earlier = client.get_run(run_id).data.tags.get("status_note", "")
-    for key, value in {**process_tags(), "status_note": f"{note} by process {os.getpid()}" +
-                       (f" (before: {earlier})" if earlier else "")}.items():
+    for key, value in {
+        **process_tags(),
+        "status_note": f"{note} by process {os.getpid()}" + (f" (before: {earlier})" if earlier else ""),
+    }.items():
         client.set_tag(run_id, key, value)
 
 
@@ -108,11 +118,15 @@ def reopen(client: MlflowClient, run_file: str | Path, stage: str):
     try:
         run = client.get_run(run_id)
     except MlflowException as error:
-        raise RuntimeError(f"MLflow run {run_id} named by {run_file} is not in {tracking_uri()} "
-                           f"({error.message[:200]}); re-run `dvc repro train`") from error
+        raise RuntimeError(
+            f"MLflow run {run_id} named by {run_file} is not in {tracking_uri()} "
+            f"({error.message[:200]}); re-run `dvc repro train`"
+        ) from error
     if run.info.lifecycle_stage == "deleted":
-        raise RuntimeError(f"MLflow run {run_id} named by {run_file} is deleted in {tracking_uri()}: restore it "
-                           f"(`mlflow runs restore --run-id {run_id}`) or train again (`dvc repro --force train`)")
+        raise RuntimeError(
+            f"MLflow run {run_id} named by {run_file} is deleted in {tracking_uri()}: restore it "
+            f"(`mlflow runs restore --run-id {run_id}`) or train again (`dvc repro --force train`)"
+        )
     mark_if_orphaned(client, run, stage)
     return client.get_run(run_id)
 
@@ -123,6 +137,23 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int, values: dic
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()])
 
 
+def log_row(client: MlflowClient, run_id: str, row: dict) -> None:
+    """One row of metrics (an epoch's history row; the feature pass as epoch 0) at step row["epoch"]."""
+    log_epoch_metrics(client, run_id, row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+
+
+def write_run_file(client: MlflowClient, run_id: str) -> None:
+    """models/run.json: the run the model came from, which evaluate and export reopen (`reopen`)."""
+    write_json(
+        layout.RUN,
+        {
+            "run_id": run_id,
+            "experiment_id": client.get_run(run_id).info.experiment_id,
+            "tracking_uri": portable_uri(tracking_uri()),
+        },
+    )
+
+
 def resume_run(client, resume: TrainState) -> str:
     """The MLflow run a resumed checkpoint belongs to, RUNNING again under this process, with any epoch the
     kill kept from it logged now (none twice)."""
@@ -131,7 +162,7 @@ def resume_run(client, resume: TrainState) -> str:
     logged = {metric.step for metric in client.get_metric_history(run_id, "train_loss")}
     for row in resume.history:
         if row["epoch"] not in logged:
-            log_epoch_metrics(client, run_id, row["epoch"], {k: v for k, v in row.items() if k != "epoch"})
+            log_row(client, run_id, row)
     return run_id
 
 
@@ -139,33 +170,43 @@ def start_run(client, params: Params, weights: dict, environment: dict):
     """A new MLflow run for this model, tagged with everything that ties it to DVC and git (and with this
     process, so a run a SIGKILL leaves RUNNING can be recognised later)."""
     from mlflow.entities import Param
+
     experiment = store.experiment_id(client, params.train.experiment)
     mark_orphaned_runs(client, experiment, "train")
     params_sha = inputs.params_hash(params.as_dict())
     lock = inputs.dvc_lock_hashes()
-    tags = {**git_state(layout.all_outputs()), **inputs.environment(), **process_tags(),
-            **{f"env.{k}": "" if v is None else v for k, v in environment.items()},
-            "params_sha256": params_sha,
-            "dvc.prepared_md5": lock.get("prepare", {}).get(layout.PREPARED, ""),
-            "dvc.data_md5": lock.get("prepare", {}).get(params.prepare.data, ""),
-            "dvc.pretrained_md5": lock.get("pretrain", {}).get(layout.PRETRAINED, ""),
-            "weights.source": weights["source"], "weights.origin": weights["origin"],
-            "dvc.experiment": os.environ.get("DVC_EXP_NAME", ""), "seed": params.train.seed}
-    run = client.create_run(experiment, run_name=run_name(params_sha),
-                            tags={k: json.dumps(v) if isinstance(v, list | bool) else str(v) for k, v in tags.items()})
+    tags = {
+        **git_state(layout.all_outputs()),
+        **inputs.environment(),
+        **process_tags(),
+        **{f"env.{k}": "" if v is None else v for k, v in environment.items()},
+        "params_sha256": params_sha,
+        "dvc.prepared_md5": lock.get("prepare", {}).get(layout.PREPARED, ""),
+        "dvc.data_md5": lock.get("prepare", {}).get(params.prepare.data, ""),
+        "dvc.pretrained_md5": lock.get("pretrain", {}).get(layout.PRETRAINED, ""),
+        "weights.source": weights["source"],
+        "weights.origin": weights["origin"],
+        "dvc.experiment": os.environ.get("DVC_EXP_NAME", ""),
+        "seed": params.train.seed,
+    }
+    run = client.create_run(
+        experiment,
+        run_name=run_name(params_sha),
+        tags={k: json.dumps(v) if isinstance(v, list | bool) else str(v) for k, v in tags.items()},
+    )
     flat = inputs.flatten(params.as_dict())
     logged = [Param(k, "null" if v is None else str(v)) for k, v in flat.items()]
     for start in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=logged[start:start + 100])
+        client.log_batch(run.info.run_id, params=logged[start : start + 100])
     return run
 
 
 def links(client: MlflowClient, run_id: str) -> str:
-    """Where to see a run in the MLflow UI, and every run of its experiment with their test figures, in words."""
+    """Where to see a run in the MLflow UI, and every run of its experiment with their test figures."""
     experiment = client.get_run(run_id).info.experiment_id
     uri = tracking_uri()
-    return (f"this run {ui_links.run_link(uri, experiment, run_id)}; every run of "
-            f"{client.get_experiment(experiment).name}, with their test figures, "
-            f"{ui_links.runs_link(uri, experiment)}{ui_links.opened_by(uri)}")
-
-
+    return (
+        f"this run {ui_links.run_link(uri, experiment, run_id)}; every run of "
+        f"{client.get_experiment(experiment).name}, with their test figures, "
+        f"{ui_links.runs_link(uri, experiment)}{ui_links.opened_by(uri)}"
+    )

@@ -22,7 +22,9 @@ log = logging.getLogger("tracking")
 
 
 class StoreError(RuntimeError):
-    """The MLflow store cannot be used (unreachable, damaged, moved); the message says which and how to fix it."""
+    """The MLflow store cannot be used (unreachable, damaged, moved); the message says which and how to fix
+    it.
+    """
 
 
 def repo_root() -> Path:
@@ -44,7 +46,7 @@ def portable_uri(uri: str, root: Path | None = None) -> str:
     relative to it (`sqlite:///mlflow.db`), so a copy of the repo checks its own store."""
     root = (root or repo_root()).resolve()
     if uri.startswith("sqlite:///"):
-        path = Path(uri[len("sqlite:///"):])
+        path = Path(uri[len("sqlite:///") :])
         if path.is_absolute() and path.resolve().is_relative_to(root):
             return f"sqlite:///{path.resolve().relative_to(root).as_posix()}"
     return uri
@@ -52,13 +54,13 @@ def portable_uri(uri: str, root: Path | None = None) -> str:
 
 def resolve_uri(recorded: str, root: Path) -> str:
     """A recorded URI made usable from `root` (the inverse of `portable_uri`)."""
-    if recorded.startswith("sqlite:///") and not Path(recorded[len("sqlite:///"):]).is_absolute():
-        return f"sqlite:///{(root / recorded[len('sqlite:///'):]).resolve()}"
+    if recorded.startswith("sqlite:///") and not Path(recorded[len("sqlite:///") :]).is_absolute():
+        return f"sqlite:///{(root / recorded[len('sqlite:///') :]).resolve()}"
     return recorded
 
 
 def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
 
 
 @contextmanager
@@ -86,9 +88,11 @@ def probe_server(uri: str, timeout_s: float) -> None:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as answer:
             answer.read(64)
     except (OSError, urllib.error.URLError) as error:
-        raise StoreError(f"MLflow tracking server {uri} does not answer ({error}; gave up after "
-                           f"{time.monotonic() - start:.0f} s, tracking.timeout={timeout_s:g}). Start the server, fix "
-                           "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store") from error
+        raise StoreError(
+            f"MLflow tracking server {uri} does not answer ({error}; gave up after "
+            f"{time.monotonic() - start:.0f} s, tracking.timeout={timeout_s:g}). Start the server, fix "
+            "MLFLOW_TRACKING_URI, or unset it to use the local sqlite store"
+        ) from error
 
 
 def connect(timeout_s: float = 15, create: bool = True) -> MlflowClient:
@@ -105,18 +109,25 @@ def open_store(uri: str, timeout_s: float = 15, create: bool = False) -> MlflowC
         probe_server(uri, timeout_s)
     store = sqlite_path(uri)
     if store is not None and not store.is_file() and not create:
-        raise StoreError(f"the MLflow store {store} does not exist; copy it here or set MLFLOW_TRACKING_URI to where "
-                         "the runs are")
+        raise StoreError(
+            f"the MLflow store {store} does not exist; copy it here or set MLFLOW_TRACKING_URI to where "
+            "the runs are"
+        )
     mlflow.set_tracking_uri(uri)
     with store_lock(uri):
         try:
             client = MlflowClient(uri)
             client.search_experiments(max_results=1)
         except Exception as error:  # any failure here means the store is unusable; say which store and why
-            hint = (f"if {store} is damaged, move it away (a new store is created) or restore it"
-                    if store else "fix MLFLOW_TRACKING_URI or unset it to use the local sqlite store")
-            raise StoreError(f"MLflow tracking store {uri} cannot be used ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0][:300]}); {hint}") from None
+            hint = (
+                f"if {store} is damaged, move it away (a new store is created) or restore it"
+                if store
+                else "fix MLFLOW_TRACKING_URI or unset it to use the local sqlite store"
+            )
+            raise StoreError(
+                f"MLflow tracking store {uri} cannot be used ({type(error).__name__}: "
+                f"{str(error).splitlines()[0][:300]}); {hint}"
+            ) from None
     if store is not None and store.resolve().parent == repo_root():
         try:
             check_not_moved(store)
@@ -125,8 +136,10 @@ def open_store(uri: str, timeout_s: float = 15, create: bool = False) -> MlflowC
     return client
 
 
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development",  # a model-training experiment
-                   **ui_links.VIEW_TAG}  # the runs table with the headline figures as columns (imgcls.provenance.ui_links)
+EXPERIMENT_TAGS = {
+    "mlflow.experimentKind": "custom_model_development",  # a model-training experiment
+    **ui_links.VIEW_TAG,
+}  # the runs table with the headline figures as columns (imgcls.provenance.ui_links)
 
 
 def experiment_id(client: MlflowClient, name: str) -> str:
@@ -140,9 +153,11 @@ def experiment_id(client: MlflowClient, name: str) -> str:
         for _ in range(3):
             experiment = client.get_experiment_by_name(name)
             if experiment and experiment.lifecycle_stage == "deleted":
-                raise ValueError(f"MLflow experiment '{name}' (train.experiment) is deleted in {uri}; restore it "
-                                 f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or "
-                                 "choose another name")
+                raise ValueError(
+                    f"MLflow experiment '{name}' (train.experiment) is deleted in {uri}; restore it "
+                    f"(`mlflow experiments restore --experiment-id {experiment.experiment_id}`) or "
+                    "choose another name"
+                )
             if experiment:
                 for key, value in EXPERIMENT_TAGS.items():
                     if key not in experiment.tags:
@@ -158,5 +173,3 @@ def experiment_id(client: MlflowClient, name: str) -> str:
 
 
 # ---- one MLflow run per model: its lifecycle and who may change its status ----
-
-

@@ -3,9 +3,9 @@
 Whatever reaches a served model is untrusted. Only bytes are images (JSON carries them as base64); a string is
 never opened as a path; each image and each request is bounded, in bytes and in decoded pixels (read from the
 headers before anything is decoded), and images are decoded one at a time straight down to about twice the
-model's input size and run through the model 32 at a time; a bad request is refused in one line without a stack trace or anything of the request; and
-the model files are checked against the model card's SHA-256 before they are loaded.
-Inference runs on ONNX Runtime, so no pickle is ever loaded to serve."""
+model's input size and run through the model 32 at a time; a bad request is refused in one line without a
+stack trace or anything of the request; and the model files are checked against the model card's SHA-256
+before they are loaded. Inference runs on ONNX Runtime, so no pickle is ever loaded to serve."""
 
 from __future__ import annotations
 
@@ -23,12 +23,14 @@ from imgcls.data.images import BadImage, decode_image, open_image
 from imgcls.data.transforms import eval_transform
 from imgcls.export.formats import class_probabilities, load_runtime, read_temperature, verify_export
 
-MAX_IMAGES = 256                  # rows per request
-MAX_IMAGE_BYTES = 10 * 2**20      # encoded size of one image
-MAX_PIXELS = 40_000_000           # decoded size of one image, read from its header before decoding
-MAX_REQUEST_PIXELS = 200_000_000  # all of a request's images together, from their headers, before decoding any
-CHUNK = 32                        # images decoded and run through the model at a time: bounds the activations
-REFUSED = "request refused: "     # starts every message of ours; the server passes on only these
+MAX_IMAGES = 256  # rows per request
+MAX_IMAGE_BYTES = 10 * 2**20  # encoded size of one image
+MAX_PIXELS = 40_000_000  # decoded size of one image, read from its header before decoding
+MAX_REQUEST_PIXELS = (
+    200_000_000  # all of a request's images together, from their headers, before decoding any
+)
+CHUNK = 32  # images decoded and run through the model at a time: bounds the activations
+REFUSED = "request refused: "  # starts every message of ours; the server passes on only these
 
 
 class BadRequest(MlflowException):
@@ -40,19 +42,23 @@ class BadRequest(MlflowException):
 
 
 def image_bytes(value, row: int) -> bytes:
-    """One `image` cell -> its encoded bytes, bounded; anything but bytes is refused (a string is never a path)."""
+    """One `image` cell -> its encoded bytes, bounded; anything but bytes is refused (a string is never a
+    path).
+    """
     if isinstance(value, bytearray | memoryview):
         value = bytes(value)
     if not isinstance(value, bytes):
-        raise BadRequest(f"row {row}: `image` must be encoded image bytes (base64 in JSON), got "
-                         f"{type(value).__name__}; file paths are not accepted")
+        raise BadRequest(
+            f"row {row}: `image` must be encoded image bytes (base64 in JSON), got "
+            f"{type(value).__name__}; file paths are not accepted"
+        )
     if len(value) > MAX_IMAGE_BYTES:
         raise BadRequest(f"row {row}: image is {len(value):,} bytes, over the {MAX_IMAGE_BYTES:,}-byte limit")
     return value
 
 
 def check_pixel_budget(images: list[bytes]) -> None:
-    """Every image's size from its header, summed, against the request's budget: refused before any decoding."""
+    """Every image's size from its header, summed, against the request's budget: refused before decoding."""
     total = 0
     for row, data in enumerate(images):
         try:
@@ -61,8 +67,10 @@ def check_pixel_budget(images: list[bytes]) -> None:
         except BadImage as error:
             raise BadRequest(f"row {row}: {error}") from None
     if total > MAX_REQUEST_PIXELS:
-        raise BadRequest(f"the images hold {total:,} pixels together, over the {MAX_REQUEST_PIXELS:,} a request may "
-                         "hold; send them in smaller requests")
+        raise BadRequest(
+            f"the images hold {total:,} pixels together, over the {MAX_REQUEST_PIXELS:,} a request may "
+            "hold; send them in smaller requests"
+        )
 
 
 class ImageClassifier(mlflow.pyfunc.PythonModel):
@@ -101,9 +109,12 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
             raise BadRequest("no images in the request")
         check_pixel_budget(images)
         logits = []
-        for start in range(0, len(images), CHUNK):  # a whole request at once: 256 x 224 px is GBs of activations
-            batch = torch.stack([self.model_input(data, row) for row, data in
-                                 enumerate(images[start:start + CHUNK], start)])
+        for start in range(
+            0, len(images), CHUNK
+        ):  # a whole request at once: 256 x 224 px is GBs of activations
+            batch = torch.stack(
+                [self.model_input(data, row) for row, data in enumerate(images[start : start + CHUNK], start)]
+            )
             logits.append(self.logits(batch.numpy()))
         probabilities = class_probabilities(np.concatenate(logits), self.temperature)
         best = probabilities.argmax(1)

@@ -1,113 +1,42 @@
 """Classify images with an exported model: `python -m imgcls predict <export dir | MLflow model URI>
 <image files or folders> [--out predictions.csv] [--runtime onnx|torch] [--force]`.
 
-Every file gets a row: its prediction, or the reason it could not be read (never a crash that loses the batch).
-The export's files are checked against its model card, and the card against the registry when it can be
-reached, before anything is loaded. `--out` never overwrites a file that is not an earlier predictions file, a
-file git tracks, or anything in a pipeline output or the export folder, unless `--force` says so."""
+Every file gets a row: its prediction, or the reason it could not be read (never a crash that loses the
+batch). The export's files are checked against its model card, and the card against the registry when it can
+be reached, before anything is loaded. `--out` never overwrites a file that is not an earlier predictions
+file, a file git tracks, or anything in a pipeline output or the export folder, unless `--force` says so."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
-import stat
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from imgcls.config import layout
-from imgcls.data.images import BadImage, decode_image
-from imgcls.data.transforms import eval_transform
 from imgcls.export.formats import RUNTIMES, class_probabilities, load_runtime, read_temperature, verify_export
 from imgcls.files import printable, sha256_file, write_csv
 from imgcls.provenance import store
 from imgcls.provenance.git import git_tracked
+from imgcls.serving.image_files import ImageFiles, keep_errors, list_images
 
 log = logging.getLogger("predict")
 FIELDS = ["path", "label", "probability", "top_k", "error"]
-MAX_FILE_BYTES = 100 * 2**20  # larger files are not read (no camera picture comes near)
-
-
-class ImageFiles(Dataset):
-    """(index, preprocessed tensor or None, error message) per file."""
-
-    def __init__(self, paths: list[Path], spec: dict):
-        self.paths, self.transform, self.size = paths, eval_transform(spec), int(spec["resize_short_side"])
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int):
-        try:
-            data = read_regular_file(self.paths[index])
-            return index, self.transform(decode_image(data, shrink_to=self.size)), ""
-        except BadImage as error:
-            return index, None, f"{error.kind}: {error}"
-        except OSError as error:
-            return index, None, f"unreadable: {printable(error.strerror or str(error))}"
-
-
-def read_regular_file(path: Path) -> bytes:
-    """A regular file's bytes, at most MAX_FILE_BYTES; a FIFO, device or socket is never read (opening without
-    blocking, then checking what was opened, also catches a file swapped for one after it was listed)."""
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    with open(descriptor, "rb") as file:
-        info = os.fstat(descriptor)
-        if not stat.S_ISREG(info.st_mode):
-            raise BadImage("not_a_file", "not a regular file (a FIFO, device or socket); not read")
-        if info.st_size > MAX_FILE_BYTES:
-            raise BadImage("too_large", f"{info.st_size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
-        return file.read(MAX_FILE_BYTES + 1)
-
-
-def keep_errors(batch):
-    """Collate that stacks the readable images and passes the failures through."""
-    good = [(i, t) for i, t, _ in batch if t is not None]
-    images = torch.stack([t for _, t in good]) if good else torch.empty(0)
-    return [i for i, _ in good], images, [(i, e) for i, t, e in batch if t is None]
-
-
-def list_images(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
-    """(files to classify, {path: why it is not read}). Files are taken as given; folders are walked without
-    following links to folders, and every entry that is not a file gets its reason, so none is skipped
-    silently. A named input that does not exist or is not a file or folder stops everything (one line)."""
-    paths, problems = [], {}
-    for item in inputs:
-        if item.is_dir():
-            for folder, folders, files in os.walk(item):
-                for name in sorted(folders):
-                    if (Path(folder) / name).is_symlink():
-                        problems[Path(folder) / name] = "symlink_folder: a link to a folder, not followed"
-                for name in sorted(files):
-                    path = Path(folder) / name
-                    if path.is_file():
-                        paths.append(path)
-                    else:
-                        problems[path] = ("broken_symlink: the link's target does not exist" if path.is_symlink()
-                                          and not path.exists() else "not_a_file: a FIFO, device or socket; not read")
-                folders.sort()
-        elif item.is_file():
-            paths.append(item)
-        elif item.is_symlink() and not item.exists():
-            raise FileNotFoundError(f"{printable(str(item))} is a link to a file that does not exist")
-        elif item.exists():
-            raise ValueError(f"{printable(str(item))} is not a file or folder (a FIFO, device or socket); not read")
-        else:
-            raise FileNotFoundError(f"{printable(str(item))} does not exist")
-    return sorted(paths), problems
 
 
 def check_out(out: Path, inputs: list[Path], export_dir: Path, force: bool) -> None:
     """Refuse to write the predictions over anything but an earlier predictions file, unless `force`."""
     target = out.resolve()
     if target.is_dir():
-        raise IsADirectoryError(f"--out {printable(str(out))} is a folder; give a file name (e.g. predictions.csv)")
+        raise IsADirectoryError(
+            f"--out {printable(str(out))} is a folder; give a file name (e.g. predictions.csv)"
+        )
     reasons = []
     if target.is_relative_to(export_dir.resolve()):
         reasons.append(f"it lies in the export folder {export_dir}")
@@ -122,8 +51,10 @@ def check_out(out: Path, inputs: list[Path], export_dir: Path, force: bool) -> N
     if target.exists() and not is_predictions_file(target):
         reasons.append("it exists and is not a predictions file")
     if reasons and not force:
-        raise FileExistsError(f"--out {printable(str(out))}: not written, {'; '.join(reasons)}. Choose another path, "
-                              "or add --force to overwrite it")
+        raise FileExistsError(
+            f"--out {printable(str(out))}: not written, {'; '.join(reasons)}. Choose another path, "
+            "or add --force to overwrite it"
+        )
 
 
 def is_predictions_file(path: Path) -> bool:
@@ -146,33 +77,58 @@ def resolve_model(source: str) -> Path:
         raise RuntimeError(f"cannot load {source}: {' '.join(error.message.split())[:300]}") from None
 
 
-def predict(export_dir: Path, paths: list[Path], runtime: str, device: str, batch_size: int, top_k: int,
-            workers: int = 0) -> list[dict]:
+def predict(
+    export_dir: Path,
+    paths: list[Path],
+    runtime: str,
+    device: str,
+    batch_size: int,
+    top_k: int,
+    workers: int = 0,
+) -> list[dict]:
     """One row per file: predicted label, probability and top-k, or the reason it could not be read. The
     export's files are checked against its model card first, and the card against the registry it names."""
     from imgcls.provenance.registry import check_registered
+
     card = verify_export(export_dir)
     log.info("%s", check_registered(card, sha256_file(export_dir / "model_card.json"), export_dir))
     labels = json.loads((export_dir / "labels.json").read_text())
     spec = json.loads((export_dir / "preprocessing.json").read_text())
     logits_of = load_runtime(export_dir, runtime, device)
     temperature = read_temperature(export_dir)
-    loader = DataLoader(ImageFiles(paths, spec), batch_size=batch_size, num_workers=workers, collate_fn=keep_errors)
+    loader = DataLoader(
+        ImageFiles(paths, spec), batch_size=batch_size, num_workers=workers, collate_fn=keep_errors
+    )
     rows: list[dict] = [{}] * len(paths)
     start, done = time.perf_counter(), 0
     for number, (indices, images, failures) in enumerate(loader, 1):
         for index, error in failures:
-            rows[index] = {"path": str(paths[index]), "label": "", "probability": "", "top_k": "", "error": error}
+            rows[index] = {
+                "path": str(paths[index]),
+                "label": "",
+                "probability": "",
+                "top_k": "",
+                "error": error,
+            }
         if indices:
             probabilities = class_probabilities(logits_of(images.numpy()), temperature).numpy()
             for index, p in zip(indices, probabilities):
                 best = np.argsort(-p)[:top_k]
-                rows[index] = {"path": str(paths[index]), "label": labels[best[0]],
-                               "probability": round(float(p[best[0]]), 6), "error": "",
-                               "top_k": ";".join(f"{labels[i]}:{p[i]:.4f}" for i in best)}
+                rows[index] = {
+                    "path": str(paths[index]),
+                    "label": labels[best[0]],
+                    "probability": round(float(p[best[0]]), 6),
+                    "error": "",
+                    "top_k": ";".join(f"{labels[i]}:{p[i]:.4f}" for i in best),
+                }
         done += len(indices) + len(failures)
-        log.info("batch %d/%d: %d files, %.1f images/s", number, len(loader), done,
-                 done / (time.perf_counter() - start))
+        log.info(
+            "batch %d/%d: %d files, %.1f images/s",
+            number,
+            len(loader),
+            done,
+            done / (time.perf_counter() - start),
+        )
     return rows
 
 
@@ -182,22 +138,30 @@ def at_least(low: int):
         if number < low:
             raise argparse.ArgumentTypeError(f"{value} is below {low}")
         return number
+
     return parse
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m imgcls predict",
-                                     description="Classify images with an exported model.")
-    parser.add_argument("model", help="export folder (models/export) or MLflow model URI (models:/NAME/VERSION)")
+    parser = argparse.ArgumentParser(
+        prog="python -m imgcls predict", description="Classify images with an exported model."
+    )
+    parser.add_argument(
+        "model", help="export folder (models/export) or MLflow model URI (models:/NAME/VERSION)"
+    )
     parser.add_argument("inputs", nargs="+", type=Path, help="image files or folders (read recursively)")
     parser.add_argument("--out", type=Path, default=Path("predictions.csv"))
-    parser.add_argument("--force", action="store_true", help="overwrite --out even if it is not a predictions file")
+    parser.add_argument(
+        "--force", action="store_true", help="overwrite --out even if it is not a predictions file"
+    )
     parser.add_argument("--runtime", choices=RUNTIMES, default="onnx")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=at_least(1), default=64)
     parser.add_argument("--top-k", type=at_least(1), default=3, help="classes listed per image (at most all)")
-    parser.add_argument("--workers", type=at_least(0), default=0, help="decoding processes (0: in this process)")
+    parser.add_argument(
+        "--workers", type=at_least(0), default=0, help="decoding processes (0: in this process)"
+    )
     args = parser.parse_args(argv)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     start = time.perf_counter()
@@ -209,16 +173,31 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, RuntimeError) as error:
         log.error("%s: %s", type(error).__name__, printable(str(error)))
         return 1
-    rows += [{"path": str(path), "label": "", "probability": "", "top_k": "", "error": why}
-             for path, why in problems.items()]
-    write_csv(args.out, FIELDS, [{k: printable(str(v)) for k, v in row.items()} for row in rows], spreadsheet=True)
+    rows += [
+        {"path": str(path), "label": "", "probability": "", "top_k": "", "error": why}
+        for path, why in problems.items()
+    ]
+    write_csv(
+        args.out, FIELDS, [{k: printable(str(v)) for k, v in row.items()} for row in rows], spreadsheet=True
+    )
     failed = sum(1 for r in rows if r["error"])
-    log.info("%d files -> %s: %d predicted, %d unreadable (see the error column); %.1f images/s with %s on %s",
-             len(rows), args.out, len(rows) - failed, failed, len(rows) / (time.perf_counter() - start),
-             args.runtime, device)
+    log.info(
+        "%d files -> %s: %d predicted, %d unreadable (see the error column); %.1f images/s with %s on %s",
+        len(rows),
+        args.out,
+        len(rows) - failed,
+        failed,
+        len(rows) / (time.perf_counter() - start),
+        args.runtime,
+        device,
+    )
     if failed == len(rows):
-        log.error("no file could be classified: %s", f"{failed} unreadable, reasons in {args.out}" if rows else
-                  "no files in " + ", ".join(printable(str(i)) for i in args.inputs))
+        log.error(
+            "no file could be classified: %s",
+            f"{failed} unreadable, reasons in {args.out}"
+            if rows
+            else "no files in " + ", ".join(printable(str(i)) for i in args.inputs),
+        )
         return 1
     return 0
 

@@ -10,8 +10,8 @@ request formats as `mlflow models serve`) behind a guard that `mlflow models ser
 - error answers carry one line of ours and never a stack trace or anything of the request: MLflow's own
   messages quote the request back, so they are replaced by a fixed explanation;
 - memory a request used is handed back to the system after it.
-The model itself (imgcls.serving.model) accepts only image bytes, bounds each image and each request in decoded
-pixels, and verifies its files against the model card before loading.
+The model itself (imgcls.serving.model) accepts only image bytes, bounds each image and each request in
+decoded pixels, and verifies its files against the model card before loading.
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ from imgcls.serving.model import REFUSED  # the model's own refusals: the only m
 
 log = logging.getLogger("serve")
 MAX_DEPTH = 32  # JSON nesting: a scoring request needs 4
-HELP = ("send JSON {\"dataframe_split\": {\"columns\": [\"image\"], \"data\": [[\"<base64 image>\"], ...]}} "
-        "(or `inputs`, `instances`, CSV or Parquet) with one column `image` of base64-encoded image bytes")
+HELP = (
+    'send JSON {"dataframe_split": {"columns": ["image"], "data": [["<base64 image>"], ...]}} '
+    "(or `inputs`, `instances`, CSV or Parquet) with one column `image` of base64-encoded image bytes"
+)
 
 
 class Guard:
-    """ASGI middleware: one request at a time, its body bounded and checked before MLflow sees it; error answers
-    reduced to one line of ours."""
+    """ASGI middleware: one request at a time, its body bounded and checked before MLflow sees it; error
+    answers reduced to one line of ours."""
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes, self.turn = app, max_bytes, asyncio.Semaphore(1)
@@ -98,10 +100,16 @@ class Guard:
 
 
 async def refuse(send, status: int, message: str) -> None:
-    body = json.dumps({"error_code": "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR",
-                       "message": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    body = json.dumps(
+        {"error_code": "BAD_REQUEST" if status < 500 else "INTERNAL_ERROR", "message": message}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -121,17 +129,21 @@ def json_problem(body: bytes) -> str | None:
 
 
 def ours(body: bytes, status: int) -> str:
-    """The one-line reason to send: imgcls.serving.model's own refusal, or a fixed explanation. MLflow's messages quote
-    the request back (`Failed to predict data '<the request>'`), so none of them is passed on."""
+    """The one-line reason to send: imgcls.serving.model's own refusal, or a fixed explanation. MLflow's
+    messages quote the request back (`Failed to predict data '<the request>'`), so none of them is passed
+    on."""
     try:
         message = str(json.loads(body).get("message", ""))
     except (ValueError, AttributeError):
         message = ""
     if REFUSED in message:
-        reason = message[message.index(REFUSED) + len(REFUSED):]
+        reason = message[message.index(REFUSED) + len(REFUSED) :]
         return " ".join(reason.split())[:300]
     if status == 415:
-        return "unsupported content type or charset; use application/json, text/csv or application/x-parquet (UTF-8)"
+        return (
+            "unsupported content type or charset; "
+            "use application/json, text/csv or application/x-parquet (UTF-8)"
+        )
     if status >= 500:
         return "the server could not answer this request (see its log)"
     return f"the request could not be read as a scoring request; {HELP}"
@@ -169,8 +181,9 @@ def body_limit(value: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m imgcls serve",
-                                     description="Serve a registered model over HTTP, hardened.")
+    parser = argparse.ArgumentParser(
+        prog="python -m imgcls serve", description="Serve a registered model over HTTP, hardened."
+    )
     parser.add_argument("model", help="MLflow model URI, e.g. models:/image-classifier/3")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     parser.add_argument("--port", type=int, default=5001, choices=range(1, 65536), metavar="PORT")
@@ -180,10 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     from mlflow.exceptions import MlflowException
 
     from imgcls.provenance.store import StoreError
+
     try:
         app = build_app(args.model, int(args.max_body_mb * 2**20))
     except (MlflowException, StoreError, OSError, RuntimeError, ValueError) as error:
-        log.error("cannot serve %s: %s", args.model, " ".join(str(getattr(error, "message", error)).split())[:300])
+        log.error(
+            "cannot serve %s: %s", args.model, " ".join(str(getattr(error, "message", error)).split())[:300]
+        )
         return 1
     log.info("serving %s on http://%s:%d/invocations", args.model, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", limit_concurrency=64)
