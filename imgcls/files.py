@@ -25,9 +25,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only when the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(
-        f".{path.stem}.partial-{os.getpid()}{path.suffix}"
-    )  # the suffix some savers check
+    # the suffix some savers check
+    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
         yield temporary
         os.replace(temporary, path)

@@ -54,9 +54,8 @@ def run(context: StageContext) -> dict:
         card_sha = write_card(out, card)
         run_outputs.log_card(client, run_id, out, parity, card, card_sha)
         registered = registry.register(client, params, out, run_id, card, card_sha)  # last: always complete
-        write_json(
-            out / "registry.json", registered
-        )  # informational: the card is found from the version by hash
+        # informational: the card is found from the version by hash
+        write_json(out / "registry.json", registered)
     for name, figures in parity.items():
         log.info(
             "%s parity on %d test images: max |logit diff| %.2e, top-1 agreement %.4f",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import sys
 
-from tests.conftest import ROOT, attempt, clean_env
+from tests.helpers import ROOT, attempt, clean_env
 
 
 def script(name: str, *args: str, cwd=ROOT) -> str:

@@ -13,7 +13,7 @@ import yaml
 
 from imgcls.config import layout
 from imgcls.workspace import OutsideWorkspace, StageBusy, check_outputs, one_stage_at_a_time
-from tests.conftest import ROOT, attempt, clean_env, run
+from tests.helpers import ROOT, attempt, clean_env, run
 
 
 @pytest.fixture

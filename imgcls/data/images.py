@@ -64,9 +64,8 @@ def decode_image(
                 image.draft(image.mode, (-(-image.size[0] // factor), -(-image.size[1] // factor)))
             orientation = image.getexif().get(0x0112)
             image.load()
-            factor = shrink_factor(
-                image.size, shrink_to
-            )  # what draft left to do (all of it, for other formats)
+            # what draft left to do (all of it, for other formats)
+            factor = shrink_factor(image.size, shrink_to)
             if factor > 1:
                 image = reduce_by(image, factor)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

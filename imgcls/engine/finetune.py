@@ -122,9 +122,8 @@ def cached_feature_loaders(
             cfg.crop_scale_min,
         )
     train_set = copy.copy(train_set)  # the caller's keeps its transform
-    train_set.transform = eval_crop(
-        preprocessing_spec(cfg.crop_size)
-    )  # views: the center crop, as is and mirrored
+    # views: the center crop, as is and mirrored
+    train_set.transform = eval_crop(preprocessing_spec(cfg.crop_size))
     loaders = [
         make_loader(dataset, cfg.batch_size, False, workers, cfg.seed) for dataset in (train_set, val_set)
     ]

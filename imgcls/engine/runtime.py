@@ -82,9 +82,8 @@ def pin(reproducible: bool, threads: int, device: torch.device) -> None:
     if device.type == "cuda":
         if reproducible:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # required by deterministic cuBLAS
-            torch.use_deterministic_algorithms(
-                True, warn_only=True
-            )  # ops without one warn, naming themselves
+            # ops without one warn, naming themselves
+            torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.deterministic = reproducible
         torch.backends.cudnn.benchmark = not reproducible  # autotuned kernels: faster, not repeatable
 

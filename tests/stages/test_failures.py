@@ -14,7 +14,7 @@ from imgcls.model.checkpoints import save_checkpoint
 from imgcls.provenance import store
 from stages import prepare
 from stages.entry import build_context
-from tests.conftest import ROOT, attempt, clean_env, make_image_folder, run
+from tests.helpers import ROOT, attempt, clean_env, make_image_folder, run
 
 
 def test_damaged_store_is_named_with_the_way_out(tmp_path, monkeypatch):
@@ -39,9 +39,8 @@ def full_disk(tmp_path):
 
 
 def test_full_disk_in_prepare_names_the_file_and_leaves_no_staging(tmp_path, full_disk, monkeypatch):
-    data = make_image_folder(
-        tmp_path / "photos", {"a": 12, "b": 12}, size=256
-    )  # noise: ~80 KB a prepared JPEG
+    # noise: ~80 KB a prepared JPEG
+    data = make_image_folder(tmp_path / "photos", {"a": 12, "b": 12}, size=256)
     monkeypatch.chdir(full_disk)  # data/prepared on the small disk
     params = load_params(
         ROOT / "params.yaml",

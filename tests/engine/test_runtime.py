@@ -11,7 +11,7 @@ import torch
 from imgcls.data.datasets import image_folder
 from imgcls.data.loaders import make_loader
 from imgcls.data.transforms import train_transform
-from tests.conftest import ROOT, attempt, clean_env
+from tests.helpers import ROOT, attempt, clean_env
 
 TINY_TRAINING = """
 import hashlib, json, sys, torch
@@ -70,9 +70,7 @@ def test_worker_count_does_not_change_augmentation(tiny_folder):
         return [images for images, _ in loader]
 
     serial, parallel = epoch_batches(0, 1), epoch_batches(2, 1)
-    assert len(serial) == 4 and all(
-        torch.equal(a, b) for a, b in zip(serial, parallel)
-    )  # 36 images: 4 full batches
-    assert not torch.equal(
-        torch.cat(serial), torch.cat(epoch_batches(0, 2))
-    )  # a new epoch: new order and crops
+    # 36 images: 4 full batches
+    assert len(serial) == 4 and all(torch.equal(a, b) for a, b in zip(serial, parallel))
+    # a new epoch: new order and crops
+    assert not torch.equal(torch.cat(serial), torch.cat(epoch_batches(0, 2)))

@@ -16,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
-from tests.conftest import ROOT, clean_env, run
+from tests.helpers import ROOT, clean_env, run
 
 pytestmark = pytest.mark.pipeline
 
@@ -85,9 +85,8 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     assert evaluation["test_images"] == 8 and 0 <= evaluation["test_accuracy"] <= 1  # 20% of 36, rounded up
 
-    before = run(
-        [sys.executable, "-m", "imgcls", "reproduce"], repo, env
-    )  # the committed reference: the sample's
+    # the committed reference: the sample's
+    before = run([sys.executable, "-m", "imgcls", "reproduce"], repo, env)
     assert (
         "other data: prepare.data data/sample/target" in before.stdout
         and "-> data/my_images" in before.stdout
@@ -111,9 +110,8 @@ def test_the_readme_recipe_runs_offline_from_dvc_add_to_a_registered_model(tmp_p
     params["evaluate"]["bootstrap"] = 1000  # a changed param, and no commit in between
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     again = run(["dvc", "repro"], repo, env, timeout=1200)
-    assert (
-        re.findall(r"Running stage '(\w+)'", again.stdout)[0] == "evaluate"
-    )  # export too, if a metric moved
+    # export too, if a metric moved
+    assert re.findall(r"Running stage '(\w+)'", again.stdout)[0] == "evaluate"
 
     run(["bash", "-c", adopt], repo, env)  # these results become the reference, with their fingerprints
     after = run([sys.executable, "-m", "imgcls", "reproduce"], repo, env)

@@ -8,7 +8,7 @@ import yaml
 
 from imgcls.config import layout
 from imgcls.workspace import declared_outputs
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def stage_code(stage: str) -> set[str]:

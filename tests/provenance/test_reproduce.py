@@ -6,7 +6,7 @@ from imgcls.config import layout
 from imgcls.config.params import load_params
 from imgcls.provenance.reference import adopt_command, decide_mode, differences
 from imgcls.provenance.reproduce import compare_metrics, report
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 PINNED = {
     "pinned": True,

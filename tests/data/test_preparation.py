@@ -10,7 +10,7 @@ from PIL import Image
 from imgcls.config.params import load_params
 from stages import prepare
 from stages.entry import build_context
-from tests.conftest import ROOT, make_image_folder
+from tests.helpers import ROOT, make_image_folder
 
 
 def folder_hashes(root):
@@ -87,9 +87,8 @@ def test_prepare_is_deterministic(tmp_path, tiny_folder):
 def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
     prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, workers=1), computes=False))
     serial = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
-    make_image_folder(
-        tiny_folder, {"red": 40, "green": 40, "blue": 40}, seed=5
-    )  # enough for the process pool
+    # enough for the process pool
+    make_image_folder(tiny_folder, {"red": 40, "green": 40, "blue": 40}, seed=5)
     prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, workers=2), computes=False))
     assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() != serial  # more files now
     parallel = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()

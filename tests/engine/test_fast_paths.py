@@ -148,9 +148,8 @@ def test_compiled_training_steps_leave_the_model_unwrapped():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     history, _ = fit(model, FixedOrder(data), None, recipe, torch.device("cpu"), compile_model=True)
     assert len(history) == 2 and list(model.state_dict()) == ["1.weight", "1.bias"]  # no `_orig_mod.` prefix
-    assert not torch.equal(
-        model.state_dict()["1.weight"], before["1.weight"]
-    )  # the compiled steps trained it
+    # the compiled steps trained it
+    assert not torch.equal(model.state_dict()["1.weight"], before["1.weight"])
 
 
 class FixedOrder(list):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import attempt, digest
+from tests.helpers import attempt, digest
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -48,9 +48,8 @@ def test_out_never_overwrites_code_exports_or_other_files_without_force(trained_
     assert notes.read_text() == "my notes"
     forced = predict(repo, env, "models/export", image, "--out", notes, "--force")
     assert forced.returncode == 0 and str(image) in rows(notes)
-    again = predict(
-        repo, env, "models/export", image, "--out", notes
-    )  # an earlier predictions file: no --force
+    # an earlier predictions file: no --force
+    again = predict(repo, env, "models/export", image, "--out", notes)
     assert again.returncode == 0, again.stderr
 
 
@@ -72,9 +71,8 @@ def test_every_file_gets_a_row_and_nothing_hangs(trained_repo, tmp_path):
     assert found[str(folder / "pipe.jpg")]["error"].startswith("not_a_file")
     assert found[str(folder / "gone.jpg")]["error"].startswith("broken_symlink")
     assert found[str(folder / "=HYPERLINK(1).jpg")]["label"]
-    formula = predict(
-        folder, env, repo / "models/export", "=HYPERLINK(1).jpg", "--out", out
-    )  # a cell that starts
+    # a cell that starts
+    formula = predict(folder, env, repo / "models/export", "=HYPERLINK(1).jpg", "--out", out)
     assert formula.returncode == 0 and list(rows(out)) == ["'=HYPERLINK(1).jpg"]  # with `=` is quoted
 
     for named, message in [

@@ -3,6 +3,8 @@ stage, a shared store survives two pipelines creating it at once, and a silent s
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import socket
 import subprocess
@@ -13,9 +15,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from imgcls.config import layout
 from imgcls.config.params import load_params
-from imgcls.provenance import store
-from tests.conftest import ROOT, clean_env, run, set_param
+from imgcls.provenance import runs, store
+from tests.helpers import ROOT, clean_env, run, set_param
 
 
 def wait_for_running_run(client: MlflowClient, process: subprocess.Popen, log: Path, seconds: float = 300):
@@ -137,3 +140,62 @@ def test_silent_tracking_server_fails_within_the_default_timeout(monkeypatch):
         with pytest.raises(RuntimeError, match=f"MLflow tracking server {uri} does not answer"):
             store.connect(timeout)
         assert timeout == 15 and time.monotonic() - start < timeout + 5
+
+
+@pytest.fixture
+def local_store(tmp_path, monkeypatch) -> MlflowClient:
+    """A real sqlite MLflow store of its own, in an empty folder that is the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return store.connect(15)
+
+
+def run_file_for(
+    client: MlflowClient, tags: dict | None = None, status: str | None = None
+) -> tuple[Path, str]:
+    """A run in the store, with models/run.json naming it as train writes it."""
+    experiment = store.experiment_id(client, "reopen-test")
+    run_id = client.create_run(experiment, tags=tags or {}).info.run_id
+    if status:
+        client.set_terminated(run_id, status)
+    runs.write_run_file(client, run_id)
+    return Path(layout.RUN), run_id
+
+
+def test_reopen_returns_the_named_run_leaving_its_status(local_store):
+    run_file, run_id = run_file_for(local_store, status="FINISHED")
+    found = runs.reopen(local_store, run_file, "evaluate")
+    assert found.info.run_id == run_id and found.info.status == "FINISHED"
+
+
+def test_reopen_marks_a_run_whose_process_is_gone_killed(local_store):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=60)  # a PID that no process holds now
+    tags = {"process.host": socket.gethostname(), "process.pid": str(gone.pid)}
+    run_file, run_id = run_file_for(local_store, tags=tags)
+    assert local_store.get_run(run_id).info.status == "RUNNING"
+    found = runs.reopen(local_store, run_file, "evaluate")
+    assert found.info.status == "KILLED"
+    assert found.data.tags["status_note"].startswith(f"marked KILLED by evaluate: its process {gone.pid}")
+
+
+def test_reopen_leaves_a_live_process_run_running(local_store):
+    tags = {"process.host": socket.gethostname(), "process.pid": str(os.getppid())}  # alive: our parent
+    run_file, _ = run_file_for(local_store, tags=tags)
+    assert runs.reopen(local_store, run_file, "evaluate").info.status == "RUNNING"
+
+
+def test_reopen_says_what_to_run_when_the_run_is_missing_or_deleted(local_store, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"models/run.json not found: .*`dvc repro train`"):
+        runs.reopen(local_store, tmp_path / layout.RUN, "evaluate")
+    run_file, run_id = run_file_for(local_store, status="FINISHED")
+    local_store.delete_run(run_id)
+    with pytest.raises(
+        RuntimeError, match=rf"{run_id} .* is deleted .*mlflow runs restore --run-id {run_id}"
+    ):
+        runs.reopen(local_store, run_file, "evaluate")
+    run_file.write_text(json.dumps({"run_id": "0" * 32}))
+    with pytest.raises(
+        RuntimeError, match=r"0{32} named by models/run.json is not in .*re-run `dvc repro train`"
+    ):
+        runs.reopen(local_store, run_file, "evaluate")

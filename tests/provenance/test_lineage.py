@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.conftest import attempt, digest, run, set_param
+from tests.helpers import attempt, digest, run, set_param
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -186,9 +186,8 @@ def test_a_moved_repository_says_how_to_repair_its_store_and_then_verifies(train
     repo, env = trained_repo
     first = tmp_path / "first"
     shutil.copytree(repo, first, symlinks=True)
-    run(
-        [sys.executable, "-m", "imgcls", "lineage", "--relocate-store"], first, env
-    )  # a copy: point it at itself
+    # a copy: point it at itself
+    run([sys.executable, "-m", "imgcls", "lineage", "--relocate-store"], first, env)
     moved = tmp_path / "moved"
     first.rename(moved)  # now the store names a folder that no longer exists
     broken = lineage(moved, env)

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import attempt, digest, run, set_param
+from tests.helpers import attempt, digest, run, set_param
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 STAGES = ["prepare", "pretrain", "train", "evaluate", "export"]
@@ -185,9 +185,8 @@ def test_temp_experiment_lands_in_the_repo_store(trained_repo):
     assert "test_accuracy" in found.data.metrics
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
     assert "confusion_matrix.png" in artifacts
-    assert (
-        digest(repo / "models/model.pt") == workspace_model
-    )  # it ran in a temporary copy, not the workspace
+    # it ran in a temporary copy, not the workspace
+    assert digest(repo / "models/model.pt") == workspace_model
 
 
 def test_no_param_can_point_an_output_outside_and_a_failed_stage_keeps_the_last_outputs(

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, attempt, digest, end_processes_in, free_port, run, start_server
+from tests.helpers import ROOT, attempt, digest, end_processes_in, free_port, run, start_server
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -37,9 +37,8 @@ def test_a_fresh_clone_pulls_everything_and_has_nothing_to_rerun(trained_repo, t
     repo, env = trained_repo
     remote = tmp_path / "remote"
     commit_results(repo, env)
-    run(
-        ["dvc", "remote", "add", "--local", "-d", "team", str(remote)], repo, env
-    )  # .dvc/config.local: not committed
+    # .dvc/config.local: not committed
+    run(["dvc", "remote", "add", "--local", "-d", "team", str(remote)], repo, env)
     try:
         pushed = run(["dvc", "push"], repo, env)
         assert "pushed" in pushed.stdout, pushed.stdout
@@ -144,9 +143,8 @@ def test_queued_experiments_run_two_at_a_time_and_all_land(trained_repo):
     for name, lr in grid.items():
         run(["dvc", "exp", "run", "--queue", "-n", name, "-S", f"train.lr={lr}", "train"], repo, env)
     try:
-        run(
-            ["dvc", "queue", "start", "-j", "2"], repo, env, timeout=120
-        )  # its workers are daemons: see finally
+        # its workers are daemons: see finally
+        run(["dvc", "queue", "start", "-j", "2"], repo, env, timeout=120)
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             status = run(["dvc", "queue", "status"], repo, env, timeout=120).stdout

@@ -58,18 +58,16 @@ def test_the_map_peaks_in_the_corner_that_tells_the_classes_apart():
         f"peaks at {list(zip(rows.tolist(), columns.tolist()))}, not in the top-right quarter"
     )
     corner_mass = maps[:, : SIZE // 2, SIZE // 2 :].sum((1, 2)) / maps.sum((1, 2))
-    assert (corner_mass > 0.4).all(), (
-        corner_mass
-    )  # a quarter of the image holds most of the map, not a quarter
+    # a quarter of the image holds most of the map, not a quarter
+    assert (corner_mass > 0.4).all(), corner_mass
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_every_architecture_gives_maps_at_the_input_size(arch):
     torch.manual_seed(0)
     model = build_model(arch, 3).eval()
-    freeze_backbone(
-        model, arch
-    )  # as the pipeline trains by default: gradients must still reach the CAM layer
+    # as the pipeline trains by default: gradients must still reach the CAM layer
+    freeze_backbone(model, arch)
     size = max(ARCHITECTURES[arch].min_size, 32) + 8
     images = torch.randn(2, 3, size, size + 4)
     maps = grad_cam(model, arch, images, torch.tensor([0, 2]))

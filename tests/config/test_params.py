@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from imgcls.config.params import load_params
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def write(tmp_path, change):

@@ -9,7 +9,7 @@ from imgcls.model.checkpoints import load_checkpoint
 from imgcls.model.weights import WeightsError, imagenet_cache_path
 from stages import pretrain
 from stages.entry import build_context
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from imgcls.data.loaders import make_loader
 from imgcls.data.transforms import eval_transform, preprocessing_spec
 from stages import prepare
 from stages.entry import build_context, worker_message
-from tests.conftest import ROOT, make_image_folder
+from tests.helpers import ROOT, make_image_folder
 
 
 def snapshot(root):

@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from imgcls.data.loaders import EpochSampler
 from imgcls.engine.resume import find_resume, resume_blockers
 from imgcls.engine.state import TrainState, capture_rng, load_state, save_state
-from tests.conftest import digest, free_port, run, set_param
+from tests.helpers import digest, free_port, run, set_param
 
 EPOCHS = 3
 
@@ -124,9 +124,8 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
     state = load_state(repo / "models/checkpoint.pt")
     assert not state.finished and (state.epoch, state.step) >= (2, 1)
     assert state.meta["run_id"] != uninterrupted.meta["run_id"]  # the forced run started a run of its own
-    assert (
-        client.get_run(state.meta["run_id"]).info.status != "FINISHED"
-    )  # KILLED, FAILED (its peer died), RUNNING
+    # KILLED, FAILED (its peer died), RUNNING
+    assert client.get_run(state.meta["run_id"]).info.status != "FINISHED"
 
     resumed = run(["dvc", "repro", "train"], repo, env)
     output = resumed.stdout + resumed.stderr

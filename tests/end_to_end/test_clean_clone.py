@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, attempt, clean_env, run
+from tests.helpers import ROOT, attempt, clean_env, run
 
 pytestmark = pytest.mark.reproduce
 
