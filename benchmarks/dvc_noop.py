@@ -1,10 +1,11 @@
 """Benchmark: `dvc repro` with nothing changed, on this pipeline with a large prepared dataset.
 
-Usage: python benchmarks/dvc_noop.py [--images 10000 100000] [--repeat 3] For each size it builds a scratch
-git + DVC repository holding this project's dvc.yaml, params.yaml and stages/, fills it with that many
-distinct 8-px PNGs (the no-op cost is per file, not per pixel), runs the whole pipeline once (small and fast:
-no pretraining, one epoch), then times `dvc repro` and `dvc status` with nothing changed, beside a bare
-one-stage pipeline over the same files.
+Usage: python benchmarks/dvc_noop.py [--images 10000 100000] [--repeat 3]
+
+For each size it builds a scratch git + DVC repository holding this project's dvc.yaml, params.yaml, stages/
+and imgcls/, fills it with that many distinct 8-px PNGs (the no-op cost is per file, not per pixel), runs the
+whole pipeline once (small and fast: no pretraining, one epoch), then times `dvc repro` and `dvc status` with
+nothing changed, beside a bare one-stage pipeline over the same files.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def make_images(folder: Path, count: int) -> None:
 
 
 def make_repo(repo: Path, images: int) -> None:
-    shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "imgcls"):
+        shutil.copytree(ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["runtime"].update(reproducible=False, threads=0)

@@ -57,7 +57,8 @@ HASHED = (
 
 def scratch_copy(folder: Path, reproducible: bool, epochs_scale: float) -> None:
     """The pipeline's code, params and sample data in `folder`, with runtime.reproducible set."""
-    shutil.copytree(ROOT / "stages", folder / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "imgcls"):
+        shutil.copytree(ROOT / code, folder / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "data" / "sample", folder / "data" / "sample")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["runtime"]["reproducible"] = reproducible

@@ -53,7 +53,8 @@ def stage(folder: Path, name: str) -> None:
 
 def run_seed(scratch: Path, seed: int) -> list[dict]:
     base = scratch / f"seed-{seed}"
-    shutil.copytree(ROOT / "stages", base / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    for code in ("stages", "imgcls"):
+        shutil.copytree(ROOT / code, base / code, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "data" / "sample", base / "data" / "sample")
     seeds = {"pretrain.seed": seed, "train.seed": seed}
     write_params(base, seeds)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Debian's Chromium for tests/test_ui.py, which Playwright drives (Playwright's own browser download needs the
-# internet; a package mirror is enough for this). Does nothing when a Chromium is already there.
+# Debian's Chromium for the browser tests (tests/end_to_end/test_ui_*.py, test_plots_page.py), which Playwright
+# drives (Playwright's own browser download needs the internet; a package mirror is enough for this).
+# Does nothing when a Chromium is already there.
 set -euo pipefail
 if command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -n "${CHROMIUM:-}" ]; then
     exit 0

@@ -1,5 +1,5 @@
 """Where each stage writes: fixed paths inside the repository, the same strings that dvc.yaml declares as the
-stage's outputs (tests/test_dvc_yaml.py holds the two equal, and every stage checks it when it starts).
+stage's outputs (tests/stages/test_dvc_yaml.py holds the two equal, and every stage checks it when it starts).
 
 No param can move them. DVC deletes a stage's outputs before it runs the stage, before any code of ours could
 look at a path, so an output path taken from params.yaml (`export.out: ../victim`) was deleted by DVC itself.

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 # Every operator the exports of the architectures in imgcls/model/architectures.py contain
-# (tests/test_program_safety.py exports each one and checks it passes): adding an architecture may add a line
-# here.
+# (tests/export/test_program_safety.py exports each one and checks it passes): adding an architecture may add
+# a line here.
 OPERATORS = frozenset(
     f"torch.ops.aten.{name}"
     for name in (

@@ -1,5 +1,5 @@
 """What ties a result to what made it, as plain values: dvc.lock's hashes, the params hash, library versions.
-No MLflow here: the tracking module records these, the model card and lineage compare them."""
+No MLflow here: provenance.runs records these; the model card and lineage compare them."""
 
 from __future__ import annotations
 

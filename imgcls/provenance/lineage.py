@@ -195,7 +195,8 @@ def database_errors() -> tuple[type[Exception], ...]:
     return SQLAlchemyError, sqlite3.Error
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests/test_docs.py parses every command the docs show with it)."""
     parser = argparse.ArgumentParser(prog="python -m imgcls lineage", description=__doc__.splitlines()[0])
     parser.add_argument(
         "model",
@@ -211,7 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         help="point the repository's own MLflow store (mlflow.db) at this folder's mlartifacts/ "
         "after the repository was moved or copied, then verify",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     if args.relocate_store:
         relocate_store(args.repo.resolve())
     export_dir = args.model if args.model.is_dir() else args.model.parent

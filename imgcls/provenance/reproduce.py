@@ -224,10 +224,15 @@ def check(rev: str) -> tuple[bool, str]:
     return ok, note + text
 
 
-def main(argv: list[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests/test_docs.py parses every command the docs show with it)."""
     parser = argparse.ArgumentParser(prog="python -m imgcls reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("--rev", default="HEAD", help="git revision holding the reference (default HEAD)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
     reproduced, text = check(args.rev)
     print(text)
     return 0 if reproduced else 1

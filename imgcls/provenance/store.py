@@ -1,4 +1,5 @@
-"""The one place that talks to MLflow: where runs go, who may change their status, and the registry."""
+"""Where the MLflow store is and how it is reached: the tracking URI (recorded relative to the repository),
+a server probed with a timeout, a local store created once under a file lock, and the experiment."""
 
 from __future__ import annotations
 

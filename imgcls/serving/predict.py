@@ -142,8 +142,8 @@ def at_least(low: int):
     return parse
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def argument_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests/test_docs.py parses every command the docs show with it)."""
     parser = argparse.ArgumentParser(
         prog="python -m imgcls predict", description="Classify images with an exported model."
     )
@@ -162,7 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=at_least(0), default=0, help="decoding processes (0: in this process)"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = argument_parser().parse_args(argv)
     device = "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
     start = time.perf_counter()
     try:

@@ -179,8 +179,8 @@ def body_limit(value: str) -> float:
     return megabytes
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+def argument_parser() -> argparse.ArgumentParser:
+    """The command's arguments (tests/test_docs.py parses every command the docs show with it)."""
     parser = argparse.ArgumentParser(
         prog="python -m imgcls serve", description="Serve a registered model over HTTP, hardened."
     )
@@ -188,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default loopback only)")
     parser.add_argument("--port", type=int, default=5001, choices=range(1, 65536), metavar="PORT")
     parser.add_argument("--max-body-mb", type=body_limit, default=16.0, help="largest request body accepted")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = argument_parser().parse_args(argv)
     import uvicorn
     from mlflow.exceptions import MlflowException
 

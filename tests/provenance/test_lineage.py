@@ -133,7 +133,7 @@ def test_an_export_only_rerun_keeps_lineage_true_and_changed_training_code_break
     on a commit whose train code changed is caught."""
     repo, env = trained_repo
     commit(repo, env, "results")
-    card_code, train_code = repo / "stages/model_card.py", repo / "stages/train.py"
+    card_code, train_code = repo / "imgcls/export/card_markdown.py", repo / "stages/train.py"
     originals = card_code.read_text(), train_code.read_text()
     try:
         card_code.write_text(originals[0] + "\n# a comment\n")

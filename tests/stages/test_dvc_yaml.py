@@ -1,5 +1,5 @@
 """dvc.yaml is the contract: each stage declares every module it runs, and exactly the fixed outputs the code
-writes (stages.layout); inputs come from params."""
+writes (imgcls.config.layout); inputs come from params."""
 
 import ast
 import re
