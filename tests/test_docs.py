@@ -127,3 +127,13 @@ def test_docs_named_in_code_and_config_exist():
 
 def test_readme_is_for_the_first_hour():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 220
+
+
+def test_every_module_has_its_row_in_the_layout_page():
+    page = (ROOT / "docs" / "layout.md").read_text()
+    rows = set(re.findall(r"^\| `([^`]+\.py)` \|", page, re.M))
+    modules = {p.relative_to(ROOT).as_posix() for p in ROOT.glob("stages/*.py")} | {
+        p.relative_to(ROOT / "imgcls").as_posix() for p in ROOT.glob("imgcls/**/*.py")
+    }
+    modules = {m for m in modules if not m.endswith("__init__.py")}
+    assert modules - rows == set() and rows - modules == set()
