@@ -96,7 +96,7 @@ def test_a_stage_process_refuses_to_start_beside_a_running_one(repo):
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path; "
-            "from stages.workspace import one_stage_at_a_time\n"
+            "from imgcls.workspace import one_stage_at_a_time\n"
             f"with one_stage_at_a_time('train', Path({str(repo)!r})):\n"
             "    print('holding', flush=True); time.sleep(60)",
         ],
