@@ -47,14 +47,21 @@ def open_image(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
 
 def decode_image(
-    data: bytes, min_size: int = 1, max_pixels: int = MAX_PIXELS, shrink_to: int | None = None
+    data: bytes,
+    min_size: int = 1,
+    max_pixels: int = MAX_PIXELS,
+    shrink_to: int | None = None,
+    jpeg_only: bool = False,
 ) -> Image.Image:
     """Encoded bytes -> upright RGB image; raises BadImage with a reason a person understands. Images whose
     header claims more than `max_pixels` are refused before any pixel is decoded. With `shrink_to`, an image
     whose short side is over 4x that is decoded smaller, to a short side of 2-4x it: JPEG in libjpeg's DCT
-    domain (draft), other formats by an integer box reduction right after decoding, before any conversion
-    copies it. Memory then stays near the encoded picture's own decoded size, once."""
+    domain (draft, at most 1/8), other formats (unless `jpeg_only`) by an integer box reduction right after
+    decoding, before any conversion copies it. Memory then stays near the encoded picture's own decoded size,
+    once. The result's info holds `full_size`, the upright size of the whole picture (what `min_size` is held
+    against), and `decoded_at`, the scale it was decoded at (1, 1/2 ... 1/8)."""
     image = open_image(data, max_pixels)
+    full_size = image.size
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -62,23 +69,28 @@ def decode_image(
             factor = shrink_factor(image.size, shrink_to)
             if factor > 1 and image.format == "JPEG":
                 image.draft(image.mode, (-(-image.size[0] // factor), -(-image.size[1] // factor)))
+            decoded_at = image.size[0] / full_size[0]  # what draft chose (libjpeg scales by 1/2, 1/4, 1/8)
             orientation = image.getexif().get(0x0112)
             image.load()
             # what draft left to do (all of it, for other formats)
-            factor = shrink_factor(image.size, shrink_to)
+            factor = 1 if jpeg_only else shrink_factor(image.size, shrink_to)
             if factor > 1:
                 image = reduce_by(image, factor)
+                decoded_at /= factor
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
             raise BadImage("decompression_bomb", f"decompression bomb refused: {error}") from None
         except (OSError, SyntaxError, ValueError) as error:
             raise BadImage("corrupt", f"corrupt or truncated image: {error}") from None
-    if min(image.size) < min_size:
+    if min(full_size) < min_size:
         raise BadImage(
-            "too_small", f"too small: {image.size[0]}x{image.size[1]} px, below prepare.min_size={min_size}"
+            "too_small", f"too small: {full_size[0]}x{full_size[1]} px, below prepare.min_size={min_size}"
         )
     if orientation:
         image.getexif()[0x0112] = orientation  # a reduced copy has lost it
-    return to_rgb(ImageOps.exif_transpose(image))
+    upright = to_rgb(ImageOps.exif_transpose(image))
+    turned = orientation in (5, 6, 7, 8)  # EXIF rotations by 90 or 270 degrees swap the sides
+    upright.info.update(full_size=full_size[::-1] if turned else full_size, decoded_at=decoded_at)
+    return upright
 
 
 def shrink_factor(size: tuple[int, int], shrink_to: int | None) -> int:

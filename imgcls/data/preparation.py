@@ -154,7 +154,8 @@ def decode_one(
         }
     sha = hashlib.sha256(data).hexdigest()
     try:
-        image = decode_image(data, min_size)
+        # a photo much larger than image_size is decoded in libjpeg's DCT domain, at 1/2 to 1/8 scale
+        image = decode_image(data, min_size, shrink_to=image_size, jpeg_only=True)
     except BadImage as error:
         return {"kind": error.kind, "reason": str(error), "sha256": sha}
     pixels = hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
@@ -178,8 +179,8 @@ def decode_one(
         "sha256": sha,
         "pixels_sha256": pixels,
         "file_sha256": hashlib.sha256(encoded).hexdigest(),
-        "width": image.size[0],
-        "height": image.size[1],
+        "width": image.info["full_size"][0],
+        "height": image.info["full_size"][1],
     }
 
 
