@@ -112,8 +112,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         rows = [row for seed in args.seeds for row in run_seed(Path(scratch), seed)]
-    from imgcls.config.params import load_params
-    from imgcls.provenance.inputs import params_hash
+    from imgcls.config.params import load_params, params_hash
 
     result = {
         "params_sha256": params_hash(load_params(ROOT / "params.yaml").as_dict()),

@@ -203,7 +203,7 @@ def main() -> None:
         "--max-body-mb", type=float, default=16.0, help="the server's body limit (its default)"
     )
     args = parser.parse_args()
-    from imgcls.provenance.registry import save_served_model
+    from imgcls.serving.packaging import save_served_model
 
     with tempfile.TemporaryDirectory() as tmp:
         export = Path(tmp) / "export"

@@ -38,9 +38,9 @@ from imgcls.data.images import resize_short_side, save_prepared
 from imgcls.data.loaders import make_loader, worker_count
 from imgcls.data.transforms import train_transform
 from imgcls.engine import runtime
+from imgcls.engine.features import FeatureViews, backbone_features, head_of
 from imgcls.engine.loop import train_one_epoch
 from imgcls.engine.recipe import make_optimizer, make_scheduler, seed_everything
-from imgcls.model.features import FeatureViews, backbone_features, head_of
 from imgcls.model.networks import freeze_backbone
 
 PACKAGE_PHOTOS = {

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgcls.config import layout
 from imgcls.config.params import Params, load_params
+from imgcls.engine import launch
 from imgcls.provenance.git import check_committed
 from imgcls.workspace import check_outputs, one_stage_at_a_time
 
@@ -70,34 +71,35 @@ def _terminate(signum, frame) -> None:
     raise Terminated(f"stopped by signal {signum}")
 
 
-def stage_main(run: Callable[[StageContext], dict], computes: bool = True) -> None:
-    """Run a stage as a process, from the repository root (where DVC runs it): params read and checked, the
-    stage's outputs confined to what it declares, one stage at a time, a committed tree, and torch set up
-    (runtime.pin) before the stage touches a tensor."""
-    stage = run.__globals__["__spec__"].name.rsplit(".", 1)[
-        -1
-    ]  # `python -m stages.train`: its module is __main__
-    rank = os.environ.get("RANK") if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None  # a torchrun rank
+def stage_main(
+    run: Callable[[StageContext], dict],
+    computes: bool = True,
+    launches: Callable[[Params], bool] | None = None,
+) -> None:
+    """Run a stage as a process from the repository root: params checked, outputs confined to what dvc.yaml
+    declares, one stage at a time, a committed tree, and torch set up (runtime.pin) before the stage touches
+    a tensor; a process that only `launches` others (torchrun's launcher) never imports torch."""
+    # `python -m stages.train`: its module is __main__, its spec is stages.train
+    stage = run.__globals__["__spec__"].name.rsplit(".", 1)[-1]
+    world = launch.current()  # a torchrun rank's logs say which rank; only rank 0's say more than warnings
     logging.basicConfig(
-        level=logging.INFO if rank in (None, "0") else logging.WARNING,
-        format=f"%(asctime)s {'' if rank is None else f'[rank {rank}] '}%(name)s %(message)s",
+        level=logging.INFO if world.main else logging.WARNING,
+        format=f"%(asctime)s {f'[rank {world.rank}] ' if world.size > 1 else ''}%(name)s %(message)s",
     )
     signal.signal(signal.SIGTERM, _terminate)
     try:
         params = load_params()
         root = Path.cwd()
         check_outputs(stage, root)  # before anything is deleted or written
-        launched = "LOCAL_RANK" in os.environ  # a torchrun rank: its launcher holds the workspace
-        with nullcontext() if launched else one_stage_at_a_time(stage, root):
+        # a torchrun rank: its launcher holds the workspace
+        with nullcontext() if launch.launched() else one_stage_at_a_time(stage, root):
             check_committed(params.runtime.allow_dirty, layout.all_outputs())  # before any work, not after it
+            computes = computes and not (launches and launches(params))
             if computes:
                 from imgcls.engine import runtime
 
-                runtime.pin(
-                    params.runtime.reproducible,
-                    params.runtime.threads,
-                    runtime.resolve_device(params.runtime.device),
-                )
+                pinned = params.runtime
+                runtime.pin(pinned.reproducible, pinned.threads, runtime.resolve_device(pinned.device))
             run(build_context(stage, params, root, computes))
     except USER_ERRORS as error:
         if os.environ.get("PIPELINE_TRACEBACK"):

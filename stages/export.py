@@ -4,6 +4,8 @@ a registered MLflow model version."""
 from __future__ import annotations
 
 import logging
+from functools import partial
+from pathlib import Path
 
 import torch
 
@@ -16,6 +18,7 @@ from imgcls.files import replace_folder, write_json
 from imgcls.model.checkpoints import load_checkpoint, model_from_checkpoint
 from imgcls.provenance import registry, run_outputs, runs, store, ui_links
 from imgcls.provenance.git import git_state
+from imgcls.serving.packaging import log_served_model
 from stages.entry import StageContext, stage_main
 
 log = logging.getLogger("export")
@@ -53,7 +56,9 @@ def run(context: StageContext) -> dict:
         )
         card_sha = write_card(out, card)
         run_outputs.log_card(client, run_id, out, parity, card, card_sha)
-        registered = registry.register(client, params, out, run_id, card, card_sha)  # last: always complete
+        example = next(p for p in sorted(Path(layout.PREPARED, "test").rglob("*")) if p.is_file())
+        log_model = partial(log_served_model, out, run_id, f"model-{card_sha[:12]}", example.read_bytes())
+        registered = registry.register(client, params, run_id, card, card_sha, log_model)  # last: complete
         # informational: the card is found from the version by hash
         write_json(out / "registry.json", registered)
     for name, figures in parity.items():

@@ -3,40 +3,36 @@
 from __future__ import annotations
 
 import json
-import logging
 import warnings
 from contextlib import nullcontext
 from functools import partial
 
 from imgcls.config import layout
-from imgcls.data.transforms import preprocessing_spec
-from imgcls.engine import distributed, runtime
-from imgcls.engine.finetune import fine_tune, training_splits
-from imgcls.engine.recipe import seed_everything
-from imgcls.engine.resume import find_resume, resume_key
-from imgcls.engine.state import TrainState, save_state
+from imgcls.config.params import Params
+from imgcls.engine import launch
 from imgcls.files import write_csv, write_json
-from imgcls.model.checkpoints import load_checkpoint, save_checkpoint
-from imgcls.model.networks import starting_model
-from imgcls.provenance import runs, store
 from stages.entry import StageContext, stage_main
 
-log = logging.getLogger("train")
 # images/s goes to MLflow only: the committed curves must reproduce exactly.
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+
+
+def launches(params: Params) -> bool:
+    """This process only starts torchrun's processes (it is none of them): it never imports torch."""
+    return params.train.distributed.processes > 1 and not launch.launched()
 
 
 def run(context: StageContext) -> dict:
     """One process, or the launcher of `train.distributed`'s processes (torchrun), or one of those ranks."""
     params, cfg = context.params, context.params.train.distributed
-    if cfg.processes > 1 and not distributed.launched():
+    if launches(params):
+        from imgcls.provenance import store
+
         store.connect(params.tracking.timeout)  # an unusable store fails here, before any rank starts
-        distributed.run_under_torchrun(
-            distributed.torchrun_command(
-                "stages.train", cfg.nnodes, cfg.nproc_per_node, cfg.master_addr, cfg.master_port
-            )
-        )
+        launch.run_under_torchrun(launch.torchrun_command("stages.train", cfg))
         return {}
+    from imgcls.engine import distributed
+
     world, device = distributed.init(cfg.backend, context.device, cfg.timeout)
     try:
         return train(context, world, device)
@@ -44,9 +40,19 @@ def run(context: StageContext) -> dict:
         distributed.shutdown()
 
 
-def train(context: StageContext, world: distributed.World, device) -> dict:
+def train(context: StageContext, world: launch.World, device) -> dict:
     """Fine-tune, keep the best epoch, write model + curves, and log it all to one MLflow run; a killed run
     resumes from models/checkpoint.pt into the same MLflow run. Rank 0 alone writes and logs."""
+    from imgcls.data.transforms import preprocessing_spec  # here, not with the module: a launcher never
+    from imgcls.engine import distributed, runtime  # loads torch, the model code or MLflow
+    from imgcls.engine.finetune import fine_tune, training_splits
+    from imgcls.engine.recipe import seed_everything
+    from imgcls.engine.resume import find_resume, resume_key
+    from imgcls.engine.state import save_state
+    from imgcls.model.checkpoints import load_checkpoint, save_checkpoint
+    from imgcls.model.networks import starting_model
+    from imgcls.provenance import runs, store
+
     params, cfg = context.params, context.params.train
     client = store.connect(params.tracking.timeout) if world.main else None  # before training: fail fast
     pretrained = load_checkpoint(layout.PRETRAINED, made_by="pretrain")
@@ -58,7 +64,10 @@ def train(context: StageContext, world: distributed.World, device) -> dict:
     )
     key = resume_key(params) if world.main else {}
     resume = distributed.broadcast_object(find_resume(layout.CHECKPOINT, key) if world.main else None)
-    run_id = open_run(context, client, resume, pretrained["provenance"], device) if world.main else None
+    environment = context.write_fingerprint(device) if world.main else {}
+    run_id = (
+        runs.open_run(client, params, resume, pretrained["provenance"], environment) if world.main else None
+    )
     save = partial(save_state, layout.CHECKPOINT, meta={"key": key, "run_id": run_id})
     hooks = (save, partial(runs.log_row, client, run_id)) if world.main else (None, None)  # checkpoint, log
     memory = context.memory_format
@@ -99,20 +108,8 @@ def train(context: StageContext, world: distributed.World, device) -> dict:
     return metrics
 
 
-def open_run(context: StageContext, client, resume: TrainState | None, weights: dict, device) -> str:
-    """The MLflow run this training goes into: the killed run it resumes, or a new one; says where it is."""
-    environment = context.write_fingerprint(device)
-    run_id = (
-        runs.resume_run(client, resume)
-        if resume
-        else runs.start_run(client, context.params, weights, environment).info.run_id
-    )
-    log.info("MLflow: %s", runs.links(client, run_id))
-    return run_id
-
-
 def main() -> None:
-    stage_main(run)
+    stage_main(run, launches=launches)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,3 +213,19 @@ def parse_params(raw: dict, source: str) -> Params:
     params = build(Params, raw, source, "")
     check_together(params, source)
     return params
+
+
+def flatten(data: dict, prefix: str = "") -> dict:
+    """{'train': {'lr': 1}} -> {'train.lr': 1}: the same key as in params.yaml."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def params_hash(params: dict) -> str:
+    """The identity of a set of params (a run, a card and a seed sweep each record it)."""
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()

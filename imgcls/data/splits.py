@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
-from sklearn.model_selection import train_test_split
-
 SPLITS = ("train", "val", "test")
 
 
@@ -122,6 +120,8 @@ def check_class_sizes(
 def assign_splits(items: list[dict], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
     """Seeded, stratified train/val/test labels for `items` (in their given order); a fraction of 0 leaves
     that split empty (the test split then comes from `prepare.test_data`)."""
+    from sklearn.model_selection import train_test_split
+
     labels = [i["label"] for i in items]
     classes = sorted(set(labels))
     if len(classes) < 2:

@@ -18,11 +18,11 @@ from imgcls.config.params import Params, TrainParams
 from imgcls.data.datasets import DecodedImages, split_folder
 from imgcls.data.loaders import make_loader
 from imgcls.data.transforms import eval_crop, preprocessing_spec, train_transform
-from imgcls.engine import distributed
+from imgcls.engine import launch
+from imgcls.engine.features import FeatureViews, backbone_features, head_of
 from imgcls.engine.loop import fit
 from imgcls.engine.recipe import EarlyStopping, Recipe
 from imgcls.engine.state import TrainState
-from imgcls.model.features import FeatureViews, backbone_features, head_of
 
 log = logging.getLogger("train")
 
@@ -62,7 +62,7 @@ def fine_tune(
     params: Params,
     device,
     memory,
-    world: distributed.World,
+    world: launch.World,
     resume: TrainState | None,
     checkpoint: Callable[[TrainState], None] | None = None,
     log_metrics: Callable[[dict], None] | None = None,
@@ -110,7 +110,7 @@ def fine_tune(
 
 
 def cached_feature_loaders(
-    model, train_set, val_set, params: Params, device, memory, world: distributed.World
+    model, train_set, val_set, params: Params, device, memory, world: launch.World
 ) -> tuple[nn.Module, DataLoader, DataLoader]:
     """(the head, loaders over cached backbone features): the backbone runs once per image and view (on every
     rank, over every image: the head's loaders then take this rank's share)."""

@@ -7,7 +7,7 @@ from contextlib import nullcontext
 import torch
 
 from imgcls.data.transforms import to_model_input
-from imgcls.engine import distributed
+from imgcls.engine import distributed, launch
 
 
 def autocast(device: torch.device):
@@ -34,7 +34,7 @@ def validate(model, loader, loss_fn, device, memory_format=torch.contiguous_form
     """Mean loss and accuracy over `loader`, summed over every rank's share in a distributed run."""
     logits, targets = collect_logits(model, loader, device, memory_format)
     loss, correct = loss_fn(logits, targets).item(), (logits.argmax(1) == targets).sum().item()
-    if distributed.current().size == 1:
+    if launch.current().size == 1:
         return {"loss": loss, "accuracy": correct / len(targets)}
     totals = distributed.sum_all(
         torch.tensor([loss * len(targets), correct, len(targets)], dtype=torch.float64, device=device)

@@ -9,10 +9,9 @@ import pickle
 from pathlib import Path
 
 from imgcls.config import layout
-from imgcls.config.params import DOES_NOT_CHANGE_RESULTS, Params
+from imgcls.config.params import DOES_NOT_CHANGE_RESULTS, Params, flatten
 from imgcls.engine.state import TrainState, load_state
 from imgcls.files import sha256_file
-from imgcls.provenance import inputs
 
 log = logging.getLogger("train")
 
@@ -25,7 +24,7 @@ def resume_key(params: Params) -> dict:
     for path in sorted([*root.glob("stages/*.py"), *root.glob("imgcls/**/*.py")]):
         code.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return {
-        "params": {k: v for k, v in inputs.flatten(sections).items() if k not in DOES_NOT_CHANGE_RESULTS},
+        "params": {k: v for k, v in flatten(sections).items() if k not in DOES_NOT_CHANGE_RESULTS},
         "data": sha256_file(layout.MANIFEST),
         "weights": sha256_file(layout.PRETRAINED),
         "code": code.hexdigest(),

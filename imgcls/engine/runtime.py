@@ -169,6 +169,7 @@ def is_pinned(device: torch.device) -> bool:
 
 def fingerprint(device: torch.device, reproducible: bool) -> dict:
     """What a reproduction must match: processor, kernels really used, threads, library and GPU versions."""
+    import PIL.features
     import torchvision
 
     cuda = device.type == "cuda"
@@ -186,6 +187,8 @@ def fingerprint(device: torch.device, reproducible: bool) -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "machine": platform.machine(),
+        "pillow": PIL.__version__,  # prepare decodes inputs with PIL; JPEGs with libjpeg-turbo (DCT-scaled)
+        "libjpeg_turbo": PIL.features.version("libjpeg_turbo"),
         "cuda": torch.version.cuda if cuda else None,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "gpu": torch.cuda.get_device_name(device) if cuda else None,

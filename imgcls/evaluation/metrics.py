@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from imgcls.config.params import EvaluateParams
 from imgcls.evaluation.calibration import calibrate
@@ -13,6 +12,8 @@ from imgcls.evaluation.calibration import calibrate
 
 def score(targets: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> dict:
     """Accuracy, macro and weighted F1, and the per-class report."""
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+
     labels = list(range(len(class_names)))
     report = classification_report(
         targets, predicted, labels=labels, target_names=class_names, output_dict=True, zero_division=0

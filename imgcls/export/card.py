@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from imgcls.config import layout
-from imgcls.config.params import Params
+from imgcls.config.params import Params, params_hash
 from imgcls.export.card_markdown import card_markdown
 from imgcls.export.formats import CALIBRATION_FILE, CARD_FILE, EXPORT_FILES
 from imgcls.files import sha256_file, write_json, write_text
@@ -75,7 +75,7 @@ def model_card(
         "dvc": dvc_hashes(params),
         "weights_provenance": checkpoint["provenance"],
         "params": checkpoint["params"],
-        "params_sha256": inputs.params_hash(checkpoint["params"]),
+        "params_sha256": params_hash(checkpoint["params"]),
         "metrics": evaluation,
         "environment": environments(environment),
         "per_class": report["per_class"],

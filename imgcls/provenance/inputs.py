@@ -1,10 +1,8 @@
-"""What ties a result to what made it, as plain values: dvc.lock's hashes, the params hash, library versions.
+"""What ties a result to what made it, as plain values: dvc.lock's hashes and library versions.
 No MLflow here: provenance.runs records these; the model card and lineage compare them."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -12,17 +10,6 @@ from pathlib import Path
 import yaml
 
 LIBRARIES = ("torch", "torchvision", "numpy", "pillow", "scikit-learn", "mlflow", "dvc")
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    """{'train': {'lr': 1}} -> {'train.lr': 1}: the same key as in params.yaml."""
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def dvc_lock_hashes(root: Path | None = None) -> dict:
@@ -40,10 +27,6 @@ def lock_hashes(text: str | None) -> dict:
         }
         for name, stage in stages.items()
     }
-
-
-def params_hash(params: dict) -> str:
-    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
 
 
 def environment() -> dict:

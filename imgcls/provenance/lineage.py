@@ -15,10 +15,10 @@ import sys
 from pathlib import Path
 
 from imgcls.config import layout
-from imgcls.config.params import parse_params
+from imgcls.config.params import params_hash, parse_params
 from imgcls.export.card import dvc_hashes
 from imgcls.files import sha256_file
-from imgcls.provenance import inputs, registry, store
+from imgcls.provenance import registry, store
 from imgcls.provenance.git import train_code_unchanged
 from imgcls.provenance.relocation import relocate_store
 
@@ -96,7 +96,7 @@ def check_workspace(root: Path) -> tuple[str, bool, str]:
 
 
 def check_params(card: dict) -> tuple[str, bool, str]:
-    recomputed = inputs.params_hash(card["params"])
+    recomputed = params_hash(card["params"])
     ok = recomputed == card["params_sha256"]
     detail = f"params_sha256 {recomputed[:16]}…"
     return "model card -> params", ok, detail if ok else f"the card's params hash to {detail}, not as it says"

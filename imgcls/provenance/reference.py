@@ -12,9 +12,9 @@ from pathlib import Path
 import yaml
 
 from imgcls.config import layout
-from imgcls.config.params import DOES_NOT_CHANGE_RESULTS, Params, parse_params
+from imgcls.config.params import DOES_NOT_CHANGE_RESULTS, Params, flatten, params_hash, parse_params
 from imgcls.config.strict_yaml import read_yaml
-from imgcls.provenance.inputs import flatten, lock_hashes
+from imgcls.provenance.inputs import lock_hashes
 
 
 def data_hashes(params: Params, lock_text: str | None) -> dict[str, str]:
@@ -120,8 +120,6 @@ def reference_params_at(rev: str, current: Params) -> Params:
 
 def seed_spread(reference_params: Params) -> dict | None:
     """The pretrained variant's spread from benchmarks/seed_sweep.json, if measured with these params."""
-    from imgcls.provenance.inputs import params_hash
-
     path = Path("benchmarks/seed_sweep.json")
     if not path.is_file():
         return None

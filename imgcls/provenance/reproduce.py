@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from imgcls.config import layout
-from imgcls.config.params import load_params
-from imgcls.provenance.inputs import flatten
+from imgcls.config.params import flatten, load_params
 from imgcls.provenance.reference import (
     adopt_command,
     at_rev,

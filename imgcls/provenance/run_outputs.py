@@ -7,13 +7,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-
-from mlflow.tracking import MlflowClient
-from sklearn.metrics import confusion_matrix
+from typing import TYPE_CHECKING
 
 from imgcls.export.formats import CARD_FILE
 from imgcls.provenance import ui_links
 from imgcls.provenance.runs import log_epoch_metrics
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 
 def log_to_run(
@@ -33,6 +34,7 @@ def log_to_run(
     UI's Compare view shows the root files common to the runs), and keyed images under the same names, which
     the chart view shows side by side."""
     import matplotlib
+    from sklearn.metrics import confusion_matrix
 
     matplotlib.use("Agg")
     from PIL import Image

@@ -10,18 +10,18 @@ import socket
 import time
 from contextlib import contextmanager
 from pathlib import Path
-
-from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from imgcls.config import layout
-from imgcls.config.params import Params
+from imgcls.config.params import Params, flatten, params_hash
 from imgcls.engine.state import TrainState
 from imgcls.files import write_json
 from imgcls.provenance import inputs, store, ui_links
 from imgcls.provenance.git import git_state
 from imgcls.provenance.store import portable_uri, tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("tracking")
 
@@ -86,6 +86,8 @@ def mark_orphaned_runs(client: MlflowClient, experiment: str, found_by: str) -> 
 def continue_run(client: MlflowClient, run_id: str, note: str) -> None:
     """Make a killed train's run RUNNING again under this process (a resumed checkpoint goes on in the run it
     started). A run whose process is still alive is refused: two trainings would write into one run."""
+    from mlflow.exceptions import MlflowException
+
     try:
         run = client.get_run(run_id)
     except MlflowException as error:
@@ -112,6 +114,8 @@ def continue_run(client: MlflowClient, run_id: str, note: str) -> None:
 def reopen(client: MlflowClient, run_file: str | Path, stage: str):
     """The run named by models/run.json, for a later stage to add to without changing its status; a run left
     RUNNING by a killed train is marked KILLED first."""
+    from mlflow.exceptions import MlflowException
+
     if not Path(run_file).is_file():
         raise FileNotFoundError(f"{run_file} not found: it is made by the train stage (`dvc repro train`)")
     run_id = json.loads(Path(run_file).read_text())["run_id"]
@@ -133,6 +137,8 @@ def reopen(client: MlflowClient, run_file: str | Path, stage: str):
 
 def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int, values: dict) -> None:
     """All of one epoch's metrics in one batched call (per-metric calls cost ~7 ms each)."""
+    from mlflow.entities import Metric
+
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()])
 
@@ -166,6 +172,17 @@ def resume_run(client, resume: TrainState) -> str:
     return run_id
 
 
+def open_run(
+    client: MlflowClient, params: Params, resume: TrainState | None, weights: dict, environment: dict
+) -> str:
+    """The MLflow run a training goes into: the killed run it resumes, or a new one; logs where to see it."""
+    run_id = (
+        resume_run(client, resume) if resume else start_run(client, params, weights, environment).info.run_id
+    )
+    log.info("MLflow: %s", links(client, run_id))
+    return run_id
+
+
 def start_run(client, params: Params, weights: dict, environment: dict):
     """A new MLflow run for this model, tagged with everything that ties it to DVC and git (and with this
     process, so a run a SIGKILL leaves RUNNING can be recognised later)."""
@@ -173,7 +190,7 @@ def start_run(client, params: Params, weights: dict, environment: dict):
 
     experiment = store.experiment_id(client, params.train.experiment)
     mark_orphaned_runs(client, experiment, "train")
-    params_sha = inputs.params_hash(params.as_dict())
+    params_sha = params_hash(params.as_dict())
     lock = inputs.dvc_lock_hashes()
     tags = {
         **git_state(layout.all_outputs()),
@@ -194,7 +211,7 @@ def start_run(client, params: Params, weights: dict, environment: dict):
         run_name=run_name(params_sha),
         tags={k: json.dumps(v) if isinstance(v, list | bool) else str(v) for k, v in tags.items()},
     )
-    flat = inputs.flatten(params.as_dict())
+    flat = flatten(params.as_dict())
     logged = [Param(k, "null" if v is None else str(v)) for k, v in flat.items()]
     for start in range(0, len(logged), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run.info.run_id, params=logged[start : start + 100])

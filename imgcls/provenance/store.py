@@ -11,13 +11,13 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING
 
 from imgcls.provenance import ui_links
 from imgcls.provenance.relocation import StoreMoved, check_not_moved
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("tracking")
 
@@ -106,6 +106,9 @@ def connect(timeout_s: float = 15, create: bool = True) -> MlflowClient:
 def open_store(uri: str, timeout_s: float = 15, create: bool = False) -> MlflowClient:
     """A client for the store at `uri`, proven to answer; StoreError in one line when it cannot be used
     (unreachable, missing, damaged, or a local store whose repository moved)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
     if uri.startswith(("http://", "https://")):
         probe_server(uri, timeout_s)
     store = sqlite_path(uri)
@@ -148,6 +151,8 @@ def experiment_id(client: MlflowClient, name: str) -> str:
     artifacts beside the db, not in a temp copy. The experiment is marked as model training, so the MLflow UI
     shows its runs table and charts (MLflow 3 otherwise opens an unmarked experiment on GenAI tracing); a kind
     someone set already is kept."""
+    from mlflow.exceptions import MlflowException
+
     uri = tracking_uri()
     location = (repo_root() / "mlartifacts").as_uri() if uri == default_uri() else None
     with store_lock(uri):

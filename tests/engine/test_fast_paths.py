@@ -20,11 +20,11 @@ from imgcls.data.transforms import (
     train_transform,
 )
 from imgcls.engine import runtime
+from imgcls.engine.features import FeatureViews, backbone_features, head_of
 from imgcls.engine.inference import autocast
 from imgcls.engine.loop import fit
 from imgcls.engine.recipe import Recipe, make_optimizer
 from imgcls.export.formats import export_program
-from imgcls.model.features import FeatureViews, backbone_features, head_of
 from imgcls.model.networks import build_model
 
 CUDA = torch.device("cuda")
