@@ -83,7 +83,7 @@ def main() -> None:
         f"99th percentile {np.percentile(every, 99):.0f}, max {every.max()}"
     )
 
-    def key(data: bytes) -> str:  # what deduplication compares (imgcls.data.preparation.decode_one)
+    def key(data: bytes) -> str:  # what deduplication compares (imgcls.data.decoding.decode_one)
         image = decode_image(data, shrink_to=args.size, jpeg_only=True)
         return hashlib.sha256(f"{image.size}".encode() + image.tobytes()).hexdigest()
 

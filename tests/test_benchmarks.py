@@ -62,6 +62,7 @@ def test_train_throughput_prints_every_figure(tmp_path):
 def test_prepare_throughput_prints_files_per_second():
     out = script("prepare_throughput.py", "--images", "40", "--workers", "1")
     assert "workers=1 (fixed): 40 files in" in out and "files/s" in out, out
+    assert "incremental, workers=1: +1 images to 40, 41 files in" in out, out
 
 
 def test_serve_memory_prints_every_worst_request_and_the_steady_load():

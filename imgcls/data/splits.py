@@ -1,7 +1,8 @@
-"""Leak-free splits: one copy per content hash, label conflicts resolved, seeded stratified split."""
+"""Leak-free splits: one copy per content hash, label conflicts resolved, each image split by its own hash."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import Counter, defaultdict
 
@@ -117,36 +118,44 @@ def check_class_sizes(
     return kept, dropped, dict(sorted(small.items()))
 
 
-def assign_splits(items: list[dict], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
-    """Seeded, stratified train/val/test labels for `items` (in their given order); a fraction of 0 leaves
-    that split empty (the test split then comes from `prepare.test_data`)."""
-    from sklearn.model_selection import train_test_split
+def split_point(pixels_sha256: str, seed: int) -> float:
+    """Where an image falls in [0, 1): from its own decoded pixels and the seed, nothing else."""
+    digest = hashlib.sha256(f"{seed}:{pixels_sha256}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
-    labels = [i["label"] for i in items]
-    classes = sorted(set(labels))
+
+def assign_splits(items: list[dict], val_fraction: float, test_fraction: float, seed: int) -> list[str]:
+    """Each image's split (for `items` in their given order) from its own content hash and the seed: test
+    below `test_fraction`, val below `test_fraction + val_fraction`, train above. So an image added later
+    joins a split by its own hash and never moves another, and a full prepare and an incremental one agree.
+    Per class the shares follow the fractions up to sampling noise; a class left with no image in a split
+    whose fraction is above 0 takes, from its largest split, the image nearest that split's band (decided
+    by the class's own images alone). A fraction of 0 leaves that split empty (the test split then comes
+    from `prepare.test_data`)."""
+    classes = sorted({i["label"] for i in items})
     if len(classes) < 2:
         raise SplitError(f"need at least 2 classes to train a classifier, found {classes}")
-    n = len(items)
-    val_share = val_fraction / (1.0 - test_fraction)
-    n_test = math.ceil(n * test_fraction)  # sklearn rounds the held-out part up
-    n_val = math.ceil((n - n_test) * val_share)
-    for name, size, fraction in (
-        ("test", n_test, test_fraction),
-        ("val", n_val, val_fraction),
-        ("train", n - n_test - n_val, 1.0),
-    ):
-        if fraction and size < len(classes):
-            raise SplitError(
-                f"{n} images give {size} {name} images, fewer than the {len(classes)} classes "
-                f"(prepare.val_fraction={val_fraction}, prepare.test_fraction={test_fraction}); "
-                "add images or change the fractions"
-            )
-    split_of = dict.fromkeys(range(n), "train")
-    rest = list(range(n))
-    for name, share in (("test", test_fraction), ("val", val_share)):
-        if share:
-            rest, held = train_test_split(
-                rest, test_size=share, stratify=[labels[i] for i in rest], random_state=seed
-            )
-            split_of.update(dict.fromkeys(held, name))
-    return [split_of[i] for i in range(n)]
+    points = [split_point(i["pixels_sha256"], seed) for i in items]
+    bands = (("test", test_fraction), ("val", test_fraction + val_fraction), ("train", math.inf))
+    split_of = [next(name for name, top in bands if point < top) for point in points]
+    wanted = [name for name, fraction in zip(SPLITS, (1.0, val_fraction, test_fraction)) if fraction]
+    by_class = defaultdict(list)
+    for index in sorted(range(len(items)), key=points.__getitem__):
+        by_class[items[index]["label"]].append(index)
+    for label, members in by_class.items():  # members ordered by split point
+        for split in wanted:
+            sizes = Counter(split_of[i] for i in members)
+            if sizes[split]:
+                continue
+            donor = max(SPLITS, key=lambda s: (sizes[s], -SPLITS.index(s)))
+            if sizes[donor] < 2:
+                raise SplitError(
+                    f"class '{label}' has {len(members)} images, too few for a {split} image of its own "
+                    f"(prepare.val_fraction={val_fraction}, prepare.test_fraction={test_fraction}); add "
+                    "images or raise prepare.min_per_class"
+                )
+            given = [i for i in members if split_of[i] == donor]
+            # nearest the empty band: test lies lowest, train highest, val between them
+            lower = split == "test" or (split == "val" and donor == "train")
+            split_of[given[0] if lower else given[-1]] = split
+    return split_of

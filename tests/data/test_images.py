@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imgcls.data.decoding import decode_one
 from imgcls.data.images import decode_image, resize_short_side
-from imgcls.data.preparation import decode_one
 
 
 def photo(width: int, height: int, image_format: str = "JPEG", orientation: int | None = None) -> bytes:

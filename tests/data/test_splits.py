@@ -1,4 +1,5 @@
-"""Splits are seeded, stratified, and never put the same content in two splits."""
+"""Splits are seeded, follow each class's fractions, never move an image when others are added, and never put
+the same content in two splits."""
 
 from collections import Counter
 
@@ -22,14 +23,32 @@ def test_same_seed_same_splits_other_seed_differs():
     assert first != assign_splits(data, 0.15, 0.2, seed=8)
 
 
-def test_stratified_fractions_per_class():
-    data = items({"a": 100, "b": 60, "c": 40})
+def test_shares_follow_the_fractions_per_class_within_sampling_noise():
+    data = items({"a": 2000, "b": 1200, "c": 800})
     splits = assign_splits(data, 0.15, 0.2, seed=0)
     per = Counter((d["label"], s) for d, s in zip(data, splits))
-    for label, n in (("a", 100), ("b", 60), ("c", 40)):
-        assert abs(per[(label, "test")] - 0.2 * n) <= 1
-        assert abs(per[(label, "val")] - 0.15 * n) <= 1
-        assert per[(label, "train")] + per[(label, "val")] + per[(label, "test")] == n
+    for label, n in (("a", 2000), ("b", 1200), ("c", 800)):
+        for split, fraction in (("test", 0.2), ("val", 0.15)):
+            noise = 4 * (n * fraction * (1 - fraction)) ** 0.5  # four binomial standard deviations
+            assert abs(per[(label, split)] - fraction * n) <= noise, (label, split, per)
+
+
+def test_added_images_join_by_their_own_hash_and_never_move_the_others():
+    before = items({"a": 30, "b": 30})
+    after = before + items({"a": 33, "b": 31, "c": 12})[30:]  # new in a, b, and a new class
+    old = assign_splits(before, 0.2, 0.1, seed=3)
+    new = assign_splits(after, 0.2, 0.1, seed=3)
+    assert new[: len(before)] == old
+    shuffled = list(reversed(after))  # the order of the folder listing does not matter either
+    assert list(reversed(assign_splits(shuffled, 0.2, 0.1, seed=3))) == new
+
+
+def test_every_class_gets_an_image_in_each_split_it_asks_for():
+    data = items({"a": 3, "b": 3, "c": 4})
+    splits = assign_splits(data, 0.05, 0.05, seed=0)
+    per = Counter((d["label"], s) for d, s in zip(data, splits))
+    assert all(per[(label, s)] >= 1 for label in "abc" for s in ("train", "val", "test")), per
+    assert "test" not in assign_splits(data, 0.05, 0.0, seed=0)
 
 
 def test_duplicates_kept_once_and_conflicts_dropped():
@@ -58,9 +77,10 @@ def test_small_class_fails_with_counts_or_is_dropped_and_reported():
     assert small == {"empty": 0, "tiny": 3}
 
 
-def test_too_few_images_for_a_split_says_which_fraction():
+def test_a_class_too_small_for_its_splits_says_what_to_change():
     with pytest.raises(
-        SplitError, match=r"10 images give 1 test images, fewer than the 2 classes.*test_fraction=0.05"
+        SplitError, match=r"class 'a' has 2 images, too few for a (test|val) image.*min_per_class"
     ):
-        assign_splits(items({"a": 5, "b": 5}), 0.2, 0.05, seed=0)
-    assert len(assign_splits(items({"a": 5, "b": 5}), 0.2, 0.2, seed=0)) == 10
+        assign_splits(items({"a": 2, "b": 5}), 0.2, 0.2, seed=0)
+    with pytest.raises(SplitError, match=r"at least 2 classes"):
+        assign_splits(items({"a": 5}), 0.2, 0.2, seed=0)
