@@ -27,14 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 COLOURS = [(200, 40, 40), (40, 160, 40), (40, 40, 200), (200, 200, 40)]
 
 
-def make_image_folder(root: Path, counts: dict[str, int], size: int = 16, seed: int = 0) -> Path:
-    """Real PNGs: each class a colour plus per-image noise, so every file is distinct and learnable."""
+def make_image_folder(
+    root: Path, counts: dict[str, int], size: int = 16, seed: int = 0, contrast: float = 1.0
+) -> Path:
+    """Real PNGs: each class a colour plus per-image noise, so every file is distinct and learnable. Below 1,
+    `contrast` pulls the class colours toward grey, so that a tiny model trained for seconds still errs."""
     rng = np.random.default_rng(seed)
     for index, (name, count) in enumerate(counts.items()):
         (root / name).mkdir(parents=True, exist_ok=True)
+        colour = 120 + contrast * (np.array(COLOURS[index % len(COLOURS)]) - 120)
         for i in range(count):
             noise = rng.integers(-40, 40, size=(size, size, 3))
-            pixels = np.clip(np.array(COLOURS[index % len(COLOURS)]) + noise, 0, 255).astype(np.uint8)
+            pixels = np.clip(colour + noise, 0, 255).astype(np.uint8)
             Image.fromarray(pixels).save(root / name / f"img{i:03d}.png")
     return root
 
@@ -151,6 +155,12 @@ def end_processes_in(folder: Path, grace: float = 10) -> list[int]:
     return found
 
 
+def split_size(repo: Path, split: str) -> int:
+    """How many prepared images `split` holds (each image's split follows its own hash, so tests count)."""
+    with open(repo / "data/prepared/manifest.csv", newline="", encoding="utf-8") as f:
+        return sum(row["split"] == split for row in csv.DictReader(f))
+
+
 def clean_env() -> dict:
     """This environment minus MLflow/DVC settings, with this venv's python and dvc first on PATH."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
@@ -164,7 +174,7 @@ def build_pipeline_repo(repo: Path) -> tuple[Path, dict]:
         shutil.copy(ROOT / name, repo / name)
     for code in ("stages", "imgcls"):
         shutil.copytree(ROOT / code, repo / code, ignore=shutil.ignore_patterns("__pycache__"))
-    make_image_folder(repo / "data" / "target", {"red": 12, "green": 12, "blue": 12}, seed=1)
+    make_image_folder(repo / "data" / "target", {"red": 12, "green": 12, "blue": 12}, seed=1, contrast=0.15)
     make_image_folder(repo / "data" / "source", {"a": 8, "b": 8}, seed=2)
     (repo / "params.yaml").write_text(
         yaml.safe_dump(tiny_params("data/target", "data/source"), sort_keys=False)

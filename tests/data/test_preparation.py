@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -92,6 +93,7 @@ def test_parallel_decoding_gives_the_same_result(tmp_path, tiny_folder):
     prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, workers=2), computes=False))
     assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() != serial  # more files now
     parallel = (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes()
+    shutil.rmtree(tmp_path / "data" / "prepared")  # else nothing is decoded again: the last prepare is reused
     prepare.run(build_context("prepare", params_for(tmp_path, tiny_folder, workers=1), computes=False))
     assert (tmp_path / "data" / "prepared" / "manifest.csv").read_bytes() == parallel
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import attempt, digest, run, set_param
+from tests.helpers import attempt, digest, run, set_param, split_size
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 STAGES = ["prepare", "pretrain", "train", "evaluate", "export"]
@@ -47,6 +47,7 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     assert sorted(p.name for p in (repo / "data/prepared").iterdir()) == [
         "excluded.csv",
         "manifest.csv",
+        "shaping.json",
         "test",
         "train",
         "val",
@@ -54,7 +55,8 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
     report = json.loads((repo / "reports/evaluate.json").read_text())
     assert 0.0 <= evaluation["test_accuracy"] <= 1.0 and 0.0 <= evaluation["test_f1_macro"] <= 1.0
-    assert evaluation["test_images"] == 9 and set(report["per_class"]) == {"blue", "green", "red"}
+    tests = split_size(repo, "test")
+    assert evaluation["test_images"] == tests and set(report["per_class"]) == {"blue", "green", "red"}
     assert not {"per_class", "lowest_recall", "confused_pairs"} & set(evaluation)  # detail is no metric
     low, high = evaluation["test_accuracy_ci95"].values()
     assert low <= evaluation["test_accuracy"] <= high
@@ -72,8 +74,8 @@ def test_repro_outputs_and_nothing_reruns_unchanged(trained_repo):
 
     # calibration, gaps and saliency: in the metrics, as DVC plots, in the card and in the MLflow run
     assert evaluation["temperature"] > 0 and 0 <= evaluation["test_ece_calibrated"] <= 1
-    assert sum(r["support"] for r in report["lowest_recall"].values()) <= 9
-    wrong = round((1 - evaluation["test_accuracy"]) * 9)
+    assert sum(r["support"] for r in report["lowest_recall"].values()) <= tests
+    wrong = round((1 - evaluation["test_accuracy"]) * tests)
     assert sum(p["count"] for p in report["confused_pairs"].values()) <= wrong
     for name in ("uncalibrated.csv", "calibrated.csv", "reliability.png"):
         assert (repo / "plots/reliability" / name).stat().st_size > 0, name

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.helpers import attempt, predict, registered
+from tests.helpers import attempt, predict, registered, split_size
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -19,7 +19,7 @@ def test_export_has_both_runtimes_with_parity(trained_repo):
     card = json.loads((repo / "models/export/model_card.json").read_text())
     assert set(card["parity"]) == {"onnx", "torch"}
     for figures in card["parity"].values():
-        assert figures["images"] == 9 and figures["top1_agreement"] == 1.0
+        assert figures["images"] == split_size(repo, "test") and figures["top1_agreement"] == 1.0
         assert figures["max_abs_diff"] <= figures["atol"] == 1e-4
     assert set(card["model"]["files"]) == {
         "model.pt2",
@@ -43,18 +43,19 @@ def test_predict_both_runtimes_agree_and_report_unreadable_files(trained_repo, t
     (folder / "notes.txt").write_text("hello")
     onnx = predict(repo, env, "models/export", str(folder), "--runtime", "onnx", "--batch-size", "4")
     program = predict(repo, env, "models/export", str(folder), "--runtime", "torch", "--batch-size", "4")
-    assert len(onnx) == len(program) == 11
+    tests = split_size(repo, "test")
+    assert len(onnx) == len(program) == tests + 2
     assert onnx[str(folder / "broken.png")]["error"].startswith("not_image")
     assert onnx[str(folder / "notes.txt")]["error"].startswith("not_image")
     good = [p for p, row in onnx.items() if not row["error"]]
-    assert len(good) == 9
+    assert len(good) == tests
     for path in good:
         assert onnx[path]["label"] == program[path]["label"]
         assert abs(float(onnx[path]["probability"]) - float(program[path]["probability"])) < 1e-4
         assert len(onnx[path]["top_k"].split(";")) == 3
     correct = sum(onnx[p]["label"] == p.rsplit("/", 1)[1].split("-")[0] for p in good)
     evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
-    assert correct == round(evaluation["test_accuracy"] * 9)  # same images, same answers as evaluate
+    assert correct == round(evaluation["test_accuracy"] * tests)  # same images, same answers as evaluate
 
     via_registry = predict(
         repo,
