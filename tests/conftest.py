@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+
+# Set before anything loads torch (its OpenMP reads it once), and inherited by the pytest workers and every
+# stage process they start. Two workers on two cores each run torch with 2 intra-op threads: OpenMP's
+# default busy-waiting made two processes at once 8x slower than one alone; waiting passively, 2x
+# (benchmarks/omp_wait.py). No result depends on it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from collections.abc import Iterator
 from pathlib import Path
 
