@@ -21,7 +21,7 @@ STAGES = ("prepare", "pretrain", "train", "evaluate", "export")
 BASELINES = {"torch": "import torch", "torch+torchvision": "import torch, torchvision"}
 # What each stage imports where it is used, after its module has loaded (the rest of a real run's imports).
 LATER = {
-    "prepare": "import imgcls.data.preparation, sklearn.model_selection",
+    "prepare": "import imgcls.data.decoding, imgcls.data.preparation",
     "pretrain": "import imgcls.engine.loop, imgcls.model.weights",
     "train": "import imgcls.engine.finetune, imgcls.provenance.runs, mlflow.tracking",
     "evaluate": "import imgcls.evaluation.plots, imgcls.provenance.run_outputs, mlflow.tracking, "
