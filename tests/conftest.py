@@ -48,7 +48,7 @@ def pipeline_repo(tmp_path: Path) -> Iterator[tuple[Path, dict]]:
 # The modules whose tests use trained_repo, in two groups. pytest-xdist runs each group on one worker, in
 # order (their xdist_group marks are lost under pytest 9, whose node ids xdist 3.8 can no longer suffix). A
 # worker builds its own trained repo (a session fixture), so two groups cost one more tiny `dvc repro` (~2
-# min) and let CI's two workers each take about half of the ~19 min these tests take in all.
+# min) and let CI's two workers each take about half of the ~20 min of work these tests hold.
 TRAINED_REPO_GROUPS = {
     "tests/provenance/test_lineage.py": "trained_repo",
     "tests/end_to_end/test_pipeline.py": "trained_repo",
