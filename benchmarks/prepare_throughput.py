@@ -34,6 +34,13 @@ def make_photos(root: Path, count: int, start: int = 0) -> None:
         Image.fromarray(pixels).save(folder / f"photo{i:05d}.jpg", quality=90)
 
 
+def timed_prepare(params) -> tuple[dict, float]:
+    """prepare.run in this folder: (its metrics, wall seconds)."""
+    start = time.perf_counter()
+    metrics = prepare.run(build_context("prepare", params, computes=False))
+    return metrics, time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=3000)
@@ -61,9 +68,7 @@ def main() -> None:
                     }
                 },
             )
-            start = time.perf_counter()
-            metrics = prepare.run(build_context("prepare", params, computes=False))
-            seconds = time.perf_counter() - start
+            metrics, seconds = timed_prepare(params)
             print(
                 f"workers={workers or os.cpu_count()} ({'all cores' if workers == 0 else 'fixed'}): "
                 f"{metrics['input_files']} files in {seconds:.1f} s = "
@@ -72,9 +77,7 @@ def main() -> None:
                 f"quality {params.prepare.jpeg_quality})"
             )
         make_photos(data, added, start=args.images)
-        start = time.perf_counter()
-        metrics = prepare.run(build_context("prepare", params, computes=False))
-        incremental = time.perf_counter() - start
+        metrics, incremental = timed_prepare(params)
         print(
             f"incremental, workers={workers or os.cpu_count()}: +{added} images to {args.images}, "
             f"{metrics['input_files']} files in {incremental:.2f} s = {incremental / seconds:.1%} of the "

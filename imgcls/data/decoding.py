@@ -135,10 +135,7 @@ def decode_all(
             todo.append(index)
         results[index] = {"path": candidate.path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
         results[index] |= {"sha256": sha, **reused} if reused else {}
-    jobs = [
-        (candidates[i][1].path, staging, cfg.image_size, cfg.min_size, cfg.format, cfg.jpeg_quality)
-        for i in todo
-    ]
+    jobs = [(candidates[i][1].path, *decode_args(staging, cfg)) for i in todo]
     workers = cfg.workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) < 64:
         remember(known)
@@ -156,6 +153,11 @@ def decode_all(
     return usable, bad
 
 
+def decode_args(staging: Path, cfg: PrepareParams) -> tuple:
+    """decode_one's arguments after the input's path."""
+    return staging, cfg.image_size, cfg.min_size, cfg.format, cfg.jpeg_quality
+
+
 def stage_missing(
     kept: list[dict], candidates: list[tuple[str, Candidate]], staging: Path, cfg: PrepareParams
 ) -> None:
@@ -165,7 +167,7 @@ def stage_missing(
         if item.pop("staged", True):
             continue
         path = paths[item["origin"], item["source"]]
-        result = decode_one(path, staging, cfg.image_size, cfg.min_size, cfg.format, cfg.jpeg_quality)
+        result = decode_one(path, *decode_args(staging, cfg))
         if result.get("pixels_sha256") != item["pixels_sha256"]:
             raise RuntimeError(f"{path} changed while prepare ran; run the stage again")
         item.update(result)

@@ -7,13 +7,14 @@ import http.client
 import io
 import json
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 from urllib.error import HTTPError
 
 from PIL import Image, ImageDraw
 
-from tests.helpers import start_server
+from tests.helpers import free_port, registered, start_server
 
 
 def post(port: int, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
@@ -54,6 +55,13 @@ def serve(command: list[str], repo, env, port: int) -> subprocess.Popen:
         {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{repo / 'mlflow.db'}"},
         repo.parent / f"server-{port}.log",
     )
+
+
+def serve_registered(repo, env, *options: str) -> tuple[subprocess.Popen, int]:
+    """`python -m imgcls serve` on the registered version of models/export, on a free port: (server, port)."""
+    port = free_port()
+    command = [sys.executable, "-m", "imgcls", "serve", registered(repo), "--port", str(port), *options]
+    return serve(command, repo, env, port), port
 
 
 def sparse_png(side: int = 6000) -> bytes:

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.helpers import attempt, free_port, predict, registered
-from tests.serving.client import announce_body, frame, post, serve
+from tests.serving.client import announce_body, frame, post, serve, serve_registered
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -20,23 +20,7 @@ def test_hardened_server_reads_only_the_image_sent(trained_repo):
     repo, env = trained_repo
     image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
     expected = predict(repo, env, "models/export", str(image))[str(image)]
-    port = free_port()
-    server = serve(
-        [
-            sys.executable,
-            "-m",
-            "imgcls",
-            "serve",
-            registered(repo),
-            "--port",
-            str(port),
-            "--max-body-mb",
-            "1",
-        ],
-        repo,
-        env,
-        port,
-    )
+    server, port = serve_registered(repo, env, "--max-body-mb", "1")
     try:
         status, answer = post(port, frame([base64.b64encode(image.read_bytes()).decode()]))
         assert status == 200 and answer["predictions"][0]["label"] == expected["label"]

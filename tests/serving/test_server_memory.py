@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import time
 
 import pytest
 
-from tests.helpers import free_port, registered
-from tests.serving.client import chunked_post, frame, memory_mb, post, serve, sparse_png
+from tests.serving.client import chunked_post, frame, memory_mb, post, serve_registered, sparse_png
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -24,23 +22,7 @@ def test_server_memory_is_bounded_per_request_and_errors_never_echo_it(trained_r
     400."""
     repo, env = trained_repo
     bomb = base64.b64encode(sparse_png()).decode()
-    port = free_port()
-    server = serve(
-        [
-            sys.executable,
-            "-m",
-            "imgcls",
-            "serve",
-            registered(repo),
-            "--port",
-            str(port),
-            "--max-body-mb",
-            "1",
-        ],
-        repo,
-        env,
-        port,
-    )
+    server, port = serve_registered(repo, env, "--max-body-mb", "1")
     try:
         image = sorted((repo / "data/prepared/test").rglob("*.jpg"))[0]
         # warm: all loaded
