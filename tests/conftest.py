@@ -24,7 +24,7 @@ def repository_left_as_found():
 
     def status() -> str:
         return "".join(
-            subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True).stdout
+            subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, timeout=60).stdout
             for command in (["status", "--porcelain", "--untracked-files=all"], ["diff"])
         )
 

@@ -29,7 +29,7 @@ def lock_outputs(repo: Path) -> dict[str, str]:
 def commit_results(repo: Path, env: dict) -> None:
     """What a user does after `dvc repro`: commit dvc.lock and the small outputs git keeps."""
     run(["git", "add", "-A"], repo, env)
-    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
+    if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo, timeout=60).returncode:
         run(["git", "commit", "-qm", "results"], repo, env)
 
 

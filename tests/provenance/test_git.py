@@ -9,7 +9,7 @@ from imgcls.provenance.git import git_state
 
 def test_dirty_means_code_or_data_not_outputs_or_params(tmp_path):
     def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, timeout=60)
 
     git("init", "-q")
     git("config", "user.email", "t@example.com")
