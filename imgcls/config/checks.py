@@ -81,8 +81,41 @@ def check_together(p: Params, source: str) -> None:
         )
     if not fixed and fraction == 0:
         raise ValueError(
-            f"{source}: prepare.test_data is prepare.data's folder, so the test split is drawn from it: "
-            "set prepare.test_fraction above 0 (e.g. 0.2), or point test_data at a separate test set"
+            f"{source}: prepare.test_data = {p.prepare.test_data!r} is no separate test set, so the test "
+            "split is drawn from prepare.data: set prepare.test_fraction above 0 (e.g. 0.2), or point "
+            "test_data at a separate test set"
+        )
+    _check_nothing(p, source)
+
+
+def _check_nothing(p: Params, source: str) -> None:
+    """data/none stands for "nothing to read": refuse it where a stage would read it, and refuse it holding
+    anything, which no stage would ever look at."""
+    nothing = Path(layout.NOTHING).resolve()
+    reads = {"prepare.data": "prepare reads its images from prepare.data"}
+    if p.pretrain.source == "dataset":
+        reads["pretrain.data"] = "pretrain.source = dataset pretrains on pretrain.data"
+    for key, why in reads.items():
+        if Path(getattr(p, key.split(".")[0]).data).resolve() == nothing:
+            raise ValueError(
+                f"{source}: {why}, which is {layout.NOTHING} (nothing to read); point {key} at an "
+                "ImageFolder of your own"
+                + (", or choose another pretrain.source" if key == "pretrain.data" else "")
+            )
+    named = {key: path for key, path in p.inputs().items() if Path(path).resolve() == nothing}
+    if not named:
+        return
+    if not nothing.is_dir():
+        raise ValueError(
+            f"{source}: {', '.join(named)} = {layout.NOTHING}, which is missing; restore it (`git checkout "
+            f"-- {layout.NOTHING}`): DVC needs every folder a stage names to exist"
+        )
+    extra = sorted(str(f.relative_to(nothing)) for f in nothing.rglob("*") if f.name != "README.md")
+    if extra:
+        raise ValueError(
+            f"{source}: {', '.join(named)} = {layout.NOTHING}, which must stay empty (no stage reads it), "
+            f"but holds {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}; move those files to a "
+            "folder of your own and name that folder instead"
         )
 
 

@@ -7,6 +7,11 @@ Fixed here, what DVC or a stage may delete is confined by construction to folder
 
 from __future__ import annotations
 
+# The one fixed input: an empty folder (a README.md only) for a folder param whose stage reads nothing there,
+# prepare.test_data when the test split is drawn from prepare.data, pretrain.data when pretrain.source is not
+# `dataset`. DVC hashes every folder a stage names on every `dvc repro`; this one costs nothing.
+NOTHING = "data/none"
+
 FINGERPRINTS = "metrics/environment"  # one machine fingerprint per computing stage: <stage>.json
 
 PREPARED = "data/prepared"  # train/ val/ test/ ImageFolder trees, manifest.csv, excluded.csv

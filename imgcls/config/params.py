@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from imgcls.config import layout
 from imgcls.config.checks import build, check_together
 from imgcls.config.strict_yaml import read_yaml
 from imgcls.model.architectures import ARCHITECTURES
@@ -80,8 +81,10 @@ class PrepareParams:
 
     @property
     def fixed_test_set(self) -> bool:
-        """A separate test folder (`test_data` is not `data`): the test split is that folder, untouched."""
-        return Path(self.test_data).resolve() != Path(self.data).resolve()
+        """A separate test folder (`test_data` is neither `data` nor data/none): the test split is that
+        folder, untouched."""
+        test = Path(self.test_data).resolve()
+        return test not in (Path(self.data).resolve(), Path(layout.NOTHING).resolve())
 
 
 @dataclass(frozen=True)

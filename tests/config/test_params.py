@@ -1,5 +1,7 @@
 """params.yaml is loaded once into typed objects; every mistake names the key, the value and the fix."""
 
+import shutil
+
 import pytest
 import yaml
 
@@ -141,3 +143,35 @@ def test_an_input_smaller_than_the_architecture_takes_is_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=r"pretrain\.crop_size = 28 is below"):
         load_params(bigger)
+
+
+def test_data_none_stands_for_no_folder_and_is_refused_where_a_stage_would_read_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "none").mkdir(parents=True)
+    (tmp_path / "data" / "none" / "README.md").write_text("stays empty")
+    drawn = {"test_data": "data/none", "test_fraction": 0.2}
+    params = load_params(
+        ROOT / "params.yaml", {"prepare": drawn, "pretrain": {"source": "none", "data": "data/none"}}
+    )
+    assert not params.prepare.fixed_test_set
+    with pytest.raises(
+        ValueError, match=r"prepare\.test_data = 'data/none' is no separate test set.*test_fraction"
+    ):
+        load_params(ROOT / "params.yaml", {"prepare": {"test_data": "data/none", "test_fraction": 0.0}})
+    with pytest.raises(
+        ValueError, match=r"pretrain\.source = dataset pretrains on pretrain\.data, which is data/none"
+    ):
+        load_params(
+            ROOT / "params.yaml", {"prepare": drawn, "pretrain": {"source": "dataset", "data": "data/none"}}
+        )
+    with pytest.raises(ValueError, match=r"prepare reads its images from prepare\.data, which is data/none"):
+        load_params(ROOT / "params.yaml", {"prepare": {"data": "data/none", **drawn}})
+    (tmp_path / "data" / "none" / "cat").mkdir()
+    (tmp_path / "data" / "none" / "cat" / "1.png").write_bytes(b"")
+    with pytest.raises(
+        ValueError, match=r"prepare\.test_data = data/none, which must stay empty.*holds cat, cat/1\.png"
+    ):
+        load_params(ROOT / "params.yaml", {"prepare": drawn})
+    shutil.rmtree(tmp_path / "data" / "none")
+    with pytest.raises(ValueError, match=r"prepare\.test_data = data/none, which is missing; restore it"):
+        load_params(ROOT / "params.yaml", {"prepare": drawn})
