@@ -1,0 +1,121 @@
+"""`python -m stages.audit` re-derives a model from its card in a clean worktree: bit for bit on the pinned
+CPU runtime, an edited card caught before any work, an input missing from every cache named; and the
+comparison's verdicts, including what a GPU-trained card can be promised."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from imgcls.provenance.audit import compare, verdict
+from tests.helpers import attempt, registered, run
+
+PINNED = {
+    "reproducible": True,
+    "pinned": True,
+    "device": "cpu",
+    "cpu": "AMD EPYC",
+    "cpu_isa": "AVX512",
+    "kernel_isa": "DEFAULT",
+    "blas": "MKL",
+    "threads": 2,
+    "torch": "2.14.1",
+}
+
+
+def card(**changes) -> dict:
+    made = {
+        "dvc": {"data": "a.dir", "prepared": "b.dir", "model": "c"},
+        "model": {"files": {"model.onnx": "d" * 64}},
+        "metrics": {
+            "test_accuracy": 0.70,
+            "test_accuracy_ci95": {"low": 0.68, "high": 0.72},
+            "test_f1_macro": 0.69,
+            "test_f1_macro_ci95": {"low": 0.67, "high": 0.71},
+        },
+        "mlflow": {"run_id": "r1", "name": "m"},
+        "environment": {stage: dict(PINNED) for stage in ("pretrain", "train", "evaluate")},
+    }
+    for key, value in changes.items():
+        section, name = key.split("__")
+        made[section][name] = value
+    return made
+
+
+def test_a_new_run_id_and_another_x86_cpu_are_allowed_and_anything_else_is_named():
+    derived = card(mlflow__run_id="r2")
+    for stage in derived["environment"]:
+        derived["environment"][stage].update(cpu="Intel Xeon", cpu_isa="AVX2")
+    code, line = verdict(card(), derived, rows := compare(card(), derived))
+    assert code == 0 and line.startswith(
+        "VERDICT re-derived bit for bit: 3 DVC hashes, 1 model files, 6 metrics"
+    )
+    assert {r.key: r.status.split(":")[0] for r in rows if r.status != "identical"} == {
+        "mlflow.run_id": "may differ",
+        **{
+            f"environment.{s}.{k}": "may differ"
+            for s in ("pretrain", "train", "evaluate")
+            for k in ("cpu", "cpu_isa")
+        },
+    }
+    code, line = verdict(card(), changed := card(dvc__model="other"), compare(card(), changed))
+    assert code == 1 and "1 field(s) differ: dvc.model" in line
+
+
+def test_a_gpu_trained_card_is_promised_its_intervals_not_its_bits():
+    gpu = card()
+    gpu["environment"]["train"].update(device="cuda", pinned=False, gpu="NVIDIA H200")
+    close = card(dvc__model="other", metrics__test_accuracy=0.71)
+    code, line = verdict(gpu, close, compare(gpu, close))
+    assert (
+        code == 3 and "equivalent, not bit for bit" in line and "train: not pinned in the reference" in line
+    )
+    far = card(dvc__model="other", metrics__test_accuracy=0.60)
+    code, line = verdict(gpu, far, compare(gpu, far))
+    assert code == 1 and "test_accuracy fall outside the card’s 95% intervals" in line
+    swapped = card(dvc__data="other.dir")
+    code, line = verdict(gpu, swapped, compare(gpu, swapped))
+    assert code == 1 and "dvc.data differ" in line
+
+
+def audit(repo, env, *args) -> tuple[int, str]:
+    done = attempt([sys.executable, "-m", "stages.audit", *args], cwd=repo, env=env, timeout=900)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.pipeline
+def test_the_audit_re_derives_a_model_bit_for_bit_and_names_what_stops_it(pipeline_repo):
+    repo, env = pipeline_repo
+    run(["git", "rm", "-r", "-q", "--cached", "data/target"], repo, env)  # the user's images: tracked by DVC
+    run(["dvc", "add", "-q", "data/target"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "data under DVC"], repo, env)
+    run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "trained"], repo, env)
+
+    code, out = audit(repo, env, "models/export")
+    assert code == 0, out
+    assert "prepare.data = data/target: checked out of the DVC cache" in out
+    assert "VERDICT re-derived bit for bit: 6 DVC hashes, 6 model files" in out
+    assert "mlflow.run_id" in out and "may differ" in out
+    assert len(run(["git", "worktree", "list"], repo, env).stdout.splitlines()) == 1  # the audit's is gone
+
+    card_path = repo / "models/export/model_card.json"
+    original = card_path.read_text()
+    edited = json.loads(original)
+    edited["metrics"]["test_accuracy"] = 0.99
+    card_path.write_text(json.dumps(edited))
+    code, out = audit(repo, env, "models/export")
+    assert code == 2 and "VERDICT cannot audit" in out and "re-deriving" not in out, out
+    assert "BROKEN model card" in out or "BROKEN git commit -> MLflow run" in out
+    card_path.write_text(original)
+
+    shutil.rmtree(repo / ".dvc" / "cache")  # the images' only copy outside the workspace
+    code, out = audit(repo, env, registered(repo))
+    assert code == 2, out
+    assert "input prepare.data = data/target (data/target.dvc) is missing from the DVC cache" in out
+    assert "and from every remote (none set)" in out
