@@ -29,7 +29,7 @@ def run(context: StageContext) -> dict:
         from imgcls.provenance import store
 
         store.connect(params.tracking.timeout)  # an unusable store fails here, before any rank starts
-        launch.run_under_torchrun(launch.torchrun_command("stages.train", cfg))
+        launch.run_under_torchrun(launch.torchrun_command("stages.train", cfg), cfg.max_restarts)
         return {}
     from imgcls.engine import distributed
 

@@ -22,6 +22,7 @@ DOES_NOT_CHANGE_RESULTS = (
     "train.checkpoint_every",
     "runtime.num_workers",
     "train.distributed.timeout",
+    "train.distributed.max_restarts",
     "train.distributed.master_addr",
     "train.distributed.master_port",
     "prepare.workers",
@@ -111,6 +112,7 @@ class DistributedParams:
     master_port: int = number(1, 65535)
     backend: str = choice("auto", "gloo", "nccl")
     timeout: float = number(10.0, 86400.0)
+    max_restarts: int = number(0, 100)
 
     @property
     def processes(self) -> int:

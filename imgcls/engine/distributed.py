@@ -33,7 +33,8 @@ def init(backend: str, device: torch.device, timeout_s: float) -> tuple[World, t
     if backend == "auto":
         backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        dist.init_process_group(backend, timeout=timeout, **attempt_store(world, timeout))
     log.info(
         "rank %d of %d (local rank %d, pid %d) on %s over %s",
         world.rank,
@@ -90,3 +91,25 @@ def broadcast_object(value):
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+def attempt_store(world: World, timeout: timedelta) -> dict:
+    """The rendezvous store for this attempt's process group. torchrun's static rendezvous keeps one store
+    (its agent's, at MASTER_ADDR:MASTER_PORT) across restarts, so the ranks of a restart would read the
+    addresses the dead attempt's ranks left there and fail to connect; each attempt gets keys of its own
+    (TORCHELASTIC_RESTART_COUNT). Empty (env:// as usual) when no torchrun agent hosts the store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world.size,
+        is_master=False,
+        timeout=timeout,
+    )
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {
+        "store": dist.PrefixStore(f"imgcls/attempt_{attempt}", store),
+        "rank": world.rank,
+        "world_size": world.size,
+    }

@@ -46,8 +46,8 @@ def current() -> World:
 
 def torchrun_command(module: str, cfg: DistributedParams, node_rank: int = 0) -> list[str]:
     """The torchrun line that runs `python -m module` on this node for `train.distributed`'s processes: static
-    rendezvous (rank 0 on node 0), no restarts (a failed rank fails the stage; re-running it resumes from the
-    checkpoint)."""
+    rendezvous (rank 0 on node 0), and up to `max_restarts` restarts of every rank after one dies (each rank
+    then resumes from the last checkpoint, into the same MLflow run)."""
     return [
         sys.executable,
         "-m",
@@ -57,7 +57,7 @@ def torchrun_command(module: str, cfg: DistributedParams, node_rank: int = 0) ->
         f"--node_rank={node_rank}",
         f"--master_addr={cfg.master_addr}",
         f"--master_port={cfg.master_port}",
-        "--max_restarts=0",
+        f"--max_restarts={cfg.max_restarts}",
         "-m",
         module,
     ]
@@ -67,7 +67,7 @@ class DistributedRunFailed(RuntimeError):
     """A rank exited with an error or was killed; torchrun stopped the others."""
 
 
-def run_under_torchrun(command: list[str]) -> None:
+def run_under_torchrun(command: list[str], restarts: int) -> None:
     """Run the stage's ranks through torchrun from this (launcher) process, which itself does no work. A
     SIGTERM or Ctrl-C here is passed on to torchrun, which stops every rank."""
     log.info("launching: %s", " ".join(command[1:]))
@@ -80,8 +80,8 @@ def run_under_torchrun(command: list[str]) -> None:
         raise
     if code != 0:
         raise DistributedRunFailed(
-            f"distributed training failed: torchrun exited with code {code} (its report above names the "
-            "rank, its "
-            "exit code or signal, and the host). Fix the cause and run the stage again: it resumes from the "
-            "last checkpoint (train.checkpoint)"
+            f"distributed training failed: torchrun exited with code {code}, with train.distributed."
+            f"max_restarts = {restarts} restart(s) allowed (its report above names the rank, its exit code "
+            "or signal, and the host). Fix the cause and run `dvc repro` again: it resumes from the last "
+            "checkpoint"
         )

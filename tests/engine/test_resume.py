@@ -1,6 +1,6 @@
 """A train stage killed mid-epoch resumes from its checkpoint to the very bytes of a run never killed, in the
-same MLflow run, on one process and on two torchrun processes (gloo), where a killed rank fails the stage
-quickly."""
+same MLflow run: on one process after `dvc repro`; on two torchrun processes (gloo) by itself, torchrun
+restarting the ranks, and when its restarts are used up, after a stage that fails quickly and `dvc repro`."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from tests.helpers import digest, free_port, run, set_param
 EPOCHS = 3
 
 
-def configure(repo: Path, processes: int) -> None:
+def configure(repo: Path, processes: int, max_restarts: int = 0) -> None:
     """Whole-network fine-tuning of a small model with dropout (the RNG a resume must put back), checkpointed
     after every step, on `processes` torchrun ranks sharing a global batch of 8."""
     set_param(repo, "model", "arch", "mobilenet_v3_small")
@@ -51,6 +51,7 @@ def configure(repo: Path, processes: int) -> None:
             "master_port": free_port(),
             "backend": "gloo",
             "timeout": 60,
+            "max_restarts": max_restarts,
         },
     )
 
@@ -203,3 +204,44 @@ def test_two_ranks_of_batch_b_see_what_one_process_of_batch_2b_sees(size):
     resumed = EpochSampler(size, True, seed=3, rank=1, world=2)
     resumed.set_epoch(5, skip=batch)
     assert [i for i, _ in resumed] == shards[1][batch:] and len(resumed) == len(shards[1]) - batch
+
+
+@pytest.mark.pipeline
+def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_same_bytes(
+    pipeline_repo, tmp_path
+):
+    repo, env = pipeline_repo
+    configure(repo, 2, max_restarts=1)
+    run(["dvc", "repro", "train"], repo, env)  # prepare, pretrain and an uninterrupted train
+    reference = digest(repo / "models/model.pt")
+    log = tmp_path / "restarted.log"
+    with open(log, "w") as out:
+        stage = subprocess.Popen(
+            ["dvc", "repro", "--force", "--single-item", "train"],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_for(log, r"checkpoint: epoch 2 step 1", stage)
+        os.kill(rank_pid(repo, 1), signal.SIGKILL)  # mid-epoch; nobody runs anything after this
+        killed = time.monotonic()
+        wait_for(log, r"resuming from models/checkpoint.pt: epoch 2", stage)
+        recovered = time.monotonic() - killed
+        assert stage.wait(timeout=600) == 0, log.read_text()
+    finally:
+        if stage.poll() is None:
+            os.killpg(stage.pid, signal.SIGKILL)
+    output = log.read_text()
+    assert output.count("resuming from models/checkpoint.pt") == 1, output  # rank 0 finds it, hands it on
+    assert digest(repo / "models/model.pt") == reference  # as if it had never stopped
+    final = load_state(repo / "models/checkpoint.pt")
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    continued = client.get_run(final.meta["run_id"])
+    assert continued.info.status == "FINISHED" and "resumed at epoch 2" in continued.data.tags["status_note"]
+    for metric in ("train_loss", "val_accuracy"):  # every epoch once, none twice
+        steps = [m.step for m in client.get_metric_history(continued.info.run_id, metric)]
+        assert steps == list(range(1, EPOCHS + 1))
+    print(f"killed rank 1 mid-epoch 2: every rank resumed {recovered:.1f} s later, without a person")
