@@ -94,6 +94,28 @@ def start_server(
     raise AssertionError(f"{command} did not answer {url} within {wait:.0f} s: {log.read_text()[-2000:]}")
 
 
+def mlflow_server_command(port: int, backend_store_uri: str, artifacts: Path) -> list[str]:
+    """A team's `mlflow server` on 127.0.0.1: runs and registry in `backend_store_uri`, artifacts stored by
+    the server itself in `artifacts` (clients upload and download through it)."""
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        backend_store_uri,
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(artifacts),
+        "--workers",
+        "1",
+    ]
+
+
 def attempt(
     command: list[str], cwd: Path, env: dict | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess:

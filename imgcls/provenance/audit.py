@@ -4,6 +4,7 @@ registered version), and the re-derived card held against it, field by field, wi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from imgcls.provenance.store import open_store, tracking_uri
 # Fields of the card that differ on a faithful re-derivation, and why. Everything else must be identical.
 MAY_DIFFER = {
     "mlflow.run_id": "the re-derivation is a new MLflow run, in the audit's own store",
+    "mlflow.tracking_uri": "the re-derivation logs to the audit's own store, never the team's",
     "mlflow.version": "the re-derivation registers in the audit's own store",
     "mlflow.reused": "the re-derivation registers in the audit's own store",
     "git.train_commit": "train ran at this commit, or at an earlier one with the same train code (lineage)",
@@ -38,6 +40,7 @@ def card_folder(model: str, scratch: Path) -> tuple[Path, bool]:
     import mlflow
 
     open_store(tracking_uri())
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per file, on stderr
     downloaded = Path(
         mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(scratch / "registered"))
     )

@@ -14,7 +14,7 @@ def chromium() -> str:
     found = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if not found:
         pytest.fail(
-            "Chromium is not installed: run tests/install_browser.sh (Debian's chromium package), set "
+            "Chromium is not installed: run tests/install_services.sh (Debian's chromium package), set "
             "CHROMIUM=/path/to/chromium, or leave these tests out with -m 'not slow'"
         )
     return found

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,16 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.helpers import ROOT, attempt, digest, end_processes_in, free_port, run, start_server
+from tests.helpers import (
+    ROOT,
+    attempt,
+    digest,
+    end_processes_in,
+    free_port,
+    mlflow_server_command,
+    run,
+    start_server,
+)
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -77,23 +85,7 @@ def mlflow_server(tmp_path):
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(tmp_path / "server-artifacts"),
-            "--workers",
-            "1",
-        ],
+        mlflow_server_command(port, f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "server-artifacts"),
         f"{uri}/health",
         tmp_path,
         None,
