@@ -1,12 +1,14 @@
 """A train stage killed mid-epoch resumes from its checkpoint to the very bytes of a run never killed, in the
 same MLflow run: on one process after `dvc repro`; on two torchrun processes (gloo) by itself, torchrun
-restarting the ranks, and when its restarts are used up, after a stage that fails quickly and `dvc repro`."""
+restarting the ranks, and when its restarts are used up, after a stage that fails quickly and `dvc repro`;
+and on two hosts with their own network (two namespaces), restarted on both without a person."""
 
 from __future__ import annotations
 
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -245,3 +247,120 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_same_
         steps = [m.step for m in client.get_metric_history(continued.info.run_id, metric)]
         assert steps == list(range(1, EPOCHS + 1))
     print(f"killed rank 1 mid-epoch 2: every rank resumed {recovered:.1f} s later, without a person")
+
+
+@pytest.fixture
+def two_hosts():
+    """Two network namespaces joined by a veth pair, addresses only inside them: two hosts with their own
+    network. Yields [(namespace, interface, address)] for node 0 and node 1; removed afterwards."""
+    if os.geteuid() != 0 or not shutil.which("ip"):
+        pytest.skip("needs root and iproute2 to make network namespaces (CI runs as root)")
+    tag, subnet = f"{os.getpid() % 100000}", 200 + os.getpid() % 50
+    nodes = [(f"imgcls-n{i}-{tag}", f"ic{i}-{tag}", f"10.213.{subnet}.{i + 1}") for i in (0, 1)]
+    commands = [["ip", "netns", "add", ns] for ns, _, _ in nodes]
+    commands.append(["ip", "link", "add", nodes[0][1], "type", "veth", "peer", "name", nodes[1][1]])
+    for ns, interface, address in nodes:
+        commands += [
+            ["ip", "link", "set", interface, "netns", ns],
+            ["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", interface],
+            ["ip", "-n", ns, "link", "set", interface, "up"],
+            ["ip", "-n", ns, "link", "set", "lo", "up"],
+        ]
+    try:
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True, timeout=30)
+        yield nodes
+    finally:
+        for ns, _, _ in nodes:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+@pytest.mark.pipeline
+def test_two_hosts_train_one_model_and_recover_from_a_killed_rank_by_themselves(
+    pipeline_repo, tmp_path, two_hosts
+):
+    """Node 0 runs `dvc repro` in its namespace, node 1 the documented torchrun line in its own (a copy of the
+    repository standing in for its clone); the model equals the one-host two-process run of the same global
+    batch, and node 1's rank, killed mid-epoch, is restarted on both hosts without a person."""
+    repo, env = pipeline_repo
+    configure(repo, 2, max_restarts=1)
+    run(["dvc", "repro", "train"], repo, env)  # the one-host run: 2 processes, batch 4 each
+    one_host = torch.load(repo / "models/model.pt", weights_only=True)["state_dict"]
+    [(ns0, if0, address0), (ns1, if1, _)] = two_hosts
+    port = free_port()
+    cfg = {
+        "nnodes": 2,
+        "nproc_per_node": 1,
+        "master_addr": address0,
+        "master_port": port,
+        "backend": "gloo",
+        "timeout": 60,
+        "max_restarts": 1,
+    }
+    set_param(repo, "train", "distributed", cfg)
+    run(["git", "commit", "-qam", "two hosts"], repo, env)
+    node1 = tmp_path / "node1" / "repo"
+    shutil.copytree(repo, node1, symlinks=True)  # its clone at the same commit, data pulled
+    shutil.rmtree(node1 / "models")  # node 1 has the inputs only
+    (node1 / "models").mkdir()
+    shutil.copy(repo / "models/pretrained.pt", node1 / "models/pretrained.pt")
+    (node1 / "mlflow.db").unlink()
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    other_node = [
+        "torchrun",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--node_rank",
+        "1",
+        "--master_addr",
+        address0,
+        "--master_port",
+        str(port),
+        "--max_restarts",
+        "1",
+        "-m",
+        "stages.train",
+    ]
+    processes = []
+    for (ns, interface, _), folder, command, log in zip(
+        two_hosts, (repo, node1), (["dvc", "repro", "train"], other_node), logs
+    ):
+        with open(log, "w") as out:
+            processes.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, *command],
+                    cwd=folder,
+                    env=env | {"GLOO_SOCKET_IFNAME": interface},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    try:
+        wait_for(logs[0], r"checkpoint: epoch 2 step 1", processes[0])
+        os.kill(rank_pid(node1, 1), signal.SIGKILL)  # node 1's only rank, mid-epoch
+        killed = time.monotonic()
+        wait_for(logs[0], r"resuming from models/checkpoint.pt: epoch 2", processes[0])
+        recovered = time.monotonic() - killed
+        codes = [p.wait(timeout=600) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    output = logs[0].read_text() + logs[1].read_text()
+    assert codes == [0, 0], output
+    assert "rank 0 of 2" in logs[0].read_text() and "on cpu over gloo" in output
+    two_hosts_model = torch.load(repo / "models/model.pt", weights_only=True)["state_dict"]
+    worst = max((two_hosts_model[k].float() - one_host[k].float()).abs().max().item() for k in one_host)
+    assert worst == 0.0, f"the two-host model differs from the one-host one by up to {worst}"
+    assert (
+        not (node1 / "models/model.pt").exists() and not (node1 / "mlflow.db").exists()
+    )  # rank 0 alone writes
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    final = load_state(repo / "models/checkpoint.pt")
+    continued = client.get_run(final.meta["run_id"])
+    assert continued.info.status == "FINISHED" and "resumed at epoch 2" in continued.data.tags["status_note"]
+    assert [m.step for m in client.get_metric_history(continued.info.run_id, "val_accuracy")] == [1, 2, 3]
+    print(f"two hosts: node 1's rank killed mid-epoch 2, both hosts resumed {recovered:.1f} s later")
