@@ -8,6 +8,7 @@ Temporary names are `.<name>.partial-<pid>` beside the output (ignored by git)."
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -24,10 +25,10 @@ from pathlib import Path
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside `path` to write to; renamed onto `path` only when the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # the suffix some savers check
     temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield temporary
         os.replace(temporary, path)
     except OSError as error:
@@ -37,7 +38,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             "permissions, then run the stage again",
         ) from error
     finally:
-        temporary.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # nothing was made there
+            temporary.unlink()
 
 
 @contextmanager

@@ -48,7 +48,7 @@ def train(context: StageContext, world: launch.World, device) -> dict:
     from imgcls.engine.finetune import fine_tune, training_splits
     from imgcls.engine.recipe import seed_everything
     from imgcls.engine.resume import find_resume, resume_key
-    from imgcls.engine.state import save_state
+    from imgcls.engine.state import StateWriter
     from imgcls.model.checkpoints import load_checkpoint, save_checkpoint
     from imgcls.model.networks import starting_model
     from imgcls.provenance import runs, store
@@ -68,8 +68,11 @@ def train(context: StageContext, world: launch.World, device) -> dict:
     run_id = (
         runs.open_run(client, params, resume, pretrained["provenance"], environment) if world.main else None
     )
-    save = partial(save_state, layout.CHECKPOINT, meta={"key": key, "run_id": run_id})
-    hooks = (save, partial(runs.log_row, client, run_id)) if world.main else (None, None)  # checkpoint, log
+    meta = {"key": key, "run_id": run_id}
+    writer = StateWriter(
+        layout.CHECKPOINT, meta, behind=device.type == "cuda"
+    )  # GPU: written behind the loop
+    hooks = (writer.save, partial(runs.log_row, client, run_id)) if world.main else (None, None)  # ckpt, log
     memory = context.memory_format
     with (
         runs.run_status(client, run_id) if world.main else nullcontext(),
@@ -77,13 +80,15 @@ def train(context: StageContext, world: launch.World, device) -> dict:
     ):
         warnings.simplefilter("always")
         model = model.to(device, memory_format=memory)
-        history, stopper, trained = fine_tune(model, splits, params, device, memory, world, resume, *hooks)
+        try:
+            history, stopper, trained = fine_tune(
+                model, splits, params, device, memory, world, resume, *hooks
+            )
+        finally:
+            writer.close()  # the last checkpoint is on disk before anything else is written
         trained.load_state_dict(stopper.best_state)  # the head alone when it trained on cached features
-        metrics = {
-            "best_epoch": stopper.best_epoch,
-            f"best_{cfg.monitor}": stopper.best_value,
-            "epochs_run": len(history),
-        }
+        metrics = {"best_epoch": stopper.best_epoch, f"best_{cfg.monitor}": stopper.best_value}
+        metrics["epochs_run"] = len(history)
         if world.main:
             client.set_tag(run_id, "nondeterministic_ops", json.dumps(runtime.nondeterministic_ops(caught)))
             runs.log_epoch_metrics(client, run_id, stopper.best_epoch, metrics)

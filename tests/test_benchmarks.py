@@ -78,3 +78,15 @@ def test_serve_memory_prints_every_worst_request_and_the_steady_load():
         assert line in out, f"missing {line!r} in:\n{out}"
     assert out.count("HTTP 200") == 3 and "HTTP 400" in out, out
     assert "traceback" not in out, out
+
+
+def test_feature_pass_prints_one_process_and_two_ranks():
+    out = script("feature_pass.py", "--images", "10", "--size", "32", "--batch", "4")
+    assert "resnet18, 10 images at 32 px: 1 process (2 threads)" in out, out
+    assert "each over every image (before)" in out and "each over its share and gathered (now)" in out, out
+
+
+def test_checkpoint_stall_prints_blocking_and_behind():
+    out = script("checkpoint_stall.py", "--arch", "resnet18", "--steps", "1", "--size", "32", "--batch", "2")
+    assert "resnet18 whole-network state" in out and "a blocking save stops the loop" in out, out
+    assert "StateWriter.save holds it" in out and "writing behind cost the loop" in out, out

@@ -88,6 +88,22 @@ def broadcast_object(value):
     return holder[0]
 
 
+def gather_rows(part: torch.Tensor, device: torch.device, dim: int = 0) -> torch.Tensor:
+    """Every rank's `part` joined along `dim` in rank order, on every rank (shares may differ in length by
+    one: each is padded to the longest for the collective, then trimmed). The collective runs on `device`
+    (NCCL needs the GPU); the result is on `part`'s device."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return part
+    sizes = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([part.shape[dim]], device=device))
+    longest = max(int(size) for size in sizes)
+    padding = [0, 0] * (part.dim() - dim - 1) + [0, longest - part.shape[dim]]
+    padded = nn.functional.pad(part.to(device), padding)
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g.narrow(dim, 0, int(size)) for g, size in zip(gathered, sizes)], dim).to(part.device)
+
+
 def barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()

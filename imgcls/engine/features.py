@@ -50,11 +50,13 @@ def backbone_features(
                 model(to_model_input(images, device, memory_format))
                 if not flip:
                     targets.append(batch_targets)
-            features.append(torch.cat(captured))
+            features.append(
+                torch.cat(captured) if captured else torch.empty(0, head_of(model, arch).in_features)
+            )
             captured.clear()
     finally:
         hook.remove()
-    return torch.stack(features), torch.cat(targets)
+    return torch.stack(features), torch.cat(targets) if targets else torch.empty(0, dtype=torch.long)
 
 
 class FeatureViews(Dataset):

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from imgcls.config.params import Params, TrainParams
 from imgcls.data.datasets import DecodedImages, split_folder
 from imgcls.data.loaders import make_loader
 from imgcls.data.transforms import eval_crop, preprocessing_spec, train_transform
-from imgcls.engine import launch
+from imgcls.engine import distributed, launch
 from imgcls.engine.features import FeatureViews, backbone_features, head_of
 from imgcls.engine.loop import fit
 from imgcls.engine.recipe import EarlyStopping, Recipe
@@ -112,8 +112,9 @@ def fine_tune(
 def cached_feature_loaders(
     model, train_set, val_set, params: Params, device, memory, world: launch.World
 ) -> tuple[nn.Module, DataLoader, DataLoader]:
-    """(the head, loaders over cached backbone features): the backbone runs once per image and view (on every
-    rank, over every image: the head's loaders then take this rank's share)."""
+    """(the head, loaders over cached backbone features): the backbone runs once per image and view in all:
+    each rank computes the features of its own contiguous share of the images and the ranks gather them, so
+    every rank holds them all, in order; the head's loaders then take this rank's share of the batches."""
     cfg, workers = params.train, params.runtime.num_workers
     if cfg.crop_scale_min < 1.0:
         log.warning(
@@ -125,11 +126,14 @@ def cached_feature_loaders(
     # views: the center crop, as is and mirrored
     train_set.transform = eval_crop(preprocessing_spec(cfg.crop_size))
     loaders = [
-        make_loader(dataset, cfg.batch_size, False, workers, cfg.seed) for dataset in (train_set, val_set)
+        make_loader(own_share(dataset, world, cfg.batch_size), cfg.batch_size, False, workers, cfg.seed)
+        for dataset in (train_set, val_set)
     ]
     arch = params.model.arch
     train_views, train_targets = backbone_features(model, arch, loaders[0], device, cfg.hflip, memory)
     val_views, val_targets = backbone_features(model, arch, loaders[1], device, False, memory)
+    train_views, val_views = (distributed.gather_rows(v, device, dim=1) for v in (train_views, val_views))
+    train_targets, val_targets = (distributed.gather_rows(t, device) for t in (train_targets, val_targets))
     log.info(
         "cached backbone features: %d train images x %d views, %d val images",
         train_views.shape[1],
@@ -150,4 +154,18 @@ def cached_feature_loaders(
         make_loader(
             FeatureViews(val_views, val_targets), cfg.batch_size, False, 0, cfg.seed, world.rank, world.size
         ),
+    )
+
+
+def own_share(dataset, world: launch.World, batch_size: int):
+    """This rank's contiguous share of `dataset`, in whole batches of `batch_size` (all of it in a world of
+    one): the shares in rank order are the dataset in order, batched exactly as one process batches it, so the
+    features each rank computes are the ones one process would (kernels may round a batch of another size
+    differently)."""
+    if world.size == 1:
+        return dataset
+    batches = -(-len(dataset) // batch_size)
+    share = -(-batches // world.size) * batch_size
+    return Subset(
+        dataset, range(min(world.rank * share, len(dataset)), min((world.rank + 1) * share, len(dataset)))
     )

@@ -9,7 +9,10 @@ stochastic depth) are saved here and put back.
 
 from __future__ import annotations
 
+import copy
 import random
+import threading
+import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -47,6 +50,66 @@ def save_state(path: str | Path, state: TrainState, meta: dict | None = None) ->
         state.meta = meta
     fields_ = {f.name: getattr(state, f.name) for f in fields(state)}
     write_serialized(path, lambda buffer: torch.save(fields_, buffer))
+
+
+class StateWriter:
+    """Saves training states, with `behind` without stopping the loop for the write: `save(state)` copies the
+    state's tensors (the loop's only stall: a memory copy), then a thread of its own serializes the copy
+    and writes it atomically while training goes on. One write at a time: a save waits for the one before
+    it to finish. A failed write is raised by the next `save` or by `close`, which waits for the last one;
+    a process killed mid-write leaves the previous checkpoint whole. Without `behind` it is `save_state`.
+    The train stage writes behind on a GPU, whose host cores are idle while it trains; on a CPU those
+    cores would both train and write, and writing behind cost more in all than a blocking save
+    (benchmarks/checkpoint_stall.py)."""
+
+    def __init__(self, path: str | Path, meta: dict | None = None, behind: bool = True):
+        self.path, self.meta, self.behind = path, meta, behind
+        self.stalls: list[float] = []  # seconds each save held the loop
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, state: TrainState) -> None:
+        start = time.perf_counter()
+        self.close()
+        if not self.behind:
+            save_state(self.path, state, self.meta)
+            self.stalls.append(time.perf_counter() - start)
+            return
+        if self.meta is not None:
+            state.meta = self.meta
+        snapshot = {f.name: _copy(getattr(state, f.name)) for f in fields(state)}
+        self._thread = threading.Thread(target=self._write, args=(snapshot,), name="checkpoint-writer")
+        self._thread.start()
+        self.stalls.append(time.perf_counter() - start)
+
+    def _write(self, snapshot: dict) -> None:
+        try:
+            write_serialized(self.path, lambda buffer: torch.save(snapshot, buffer))
+        except BaseException as error:  # noqa: BLE001 - handed to the training thread, which raises it
+            self._error = error
+
+    def close(self) -> None:
+        """Wait for the write in progress; raise its error, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def _copy(value):
+    """`value` with every tensor copied to the CPU (the optimizer changes the live ones in place)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):  # a state dict is an OrderedDict with _metadata: copy.copy keeps both
+        copied = copy.copy(value)
+        for key, item in value.items():
+            copied[key] = _copy(item)
+        return copied
+    if isinstance(value, list | tuple):
+        return type(value)(_copy(item) for item in value)
+    return value
 
 
 def load_state(path: str | Path) -> TrainState:

@@ -172,3 +172,51 @@ def test_exported_program_is_folded_and_the_same_bytes_every_time(tmp_path):
     assert not any("batch_norm" in str(node.target) for node in program.graph.nodes)
     with torch.no_grad():
         torch.testing.assert_close(program.module()(example), model(example), rtol=0, atol=1e-5)
+
+
+class Pictures(torch.utils.data.Dataset):
+    """Seeded uint8 pictures with a class each: a dataset the loaders take as they take a prepared split."""
+
+    def __len__(self) -> int:
+        return 13  # odd: the ranks' shares differ in length
+
+    def __getitem__(self, index: int):
+        generator = torch.Generator().manual_seed(index)
+        return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator), index % 3
+
+
+def features_on_rank(rank: int, world: int, store: str, out: str) -> None:
+    """One rank of the sharded feature pass: its own share of Pictures, then every rank's, gathered."""
+    import torch.distributed as dist
+
+    from imgcls.engine import distributed
+    from imgcls.engine.finetune import own_share
+    from imgcls.engine.launch import World
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)
+        model = build_model("resnet18", 3).eval()
+        for batch in (4, 16):  # 16: one batch in all, so rank 1's share is empty
+            loader = make_loader(own_share(Pictures(), World(rank, world, rank), batch), batch, False, 0, 0)
+            views, targets = backbone_features(model, "resnet18", loader, torch.device("cpu"), hflip=True)
+            cpu = torch.device("cpu")
+            gathered = distributed.gather_rows(views, cpu, dim=1), distributed.gather_rows(targets, cpu)
+            torch.save(gathered, f"{out}.{batch}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_each_compute_their_share_of_the_features_and_both_end_with_all_of_them(tmp_path):
+    torch.multiprocessing.spawn(features_on_rank, (2, str(tmp_path / "store"), str(tmp_path / "f")), nprocs=2)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3).eval()
+    for batch, rank in [(4, 0), (4, 1), (16, 0), (16, 1)]:
+        loader = make_loader(Pictures(), batch, False, 0, 0)
+        views, targets = backbone_features(model, "resnet18", loader, torch.device("cpu"), hflip=True)
+        shared_views, shared_targets = torch.load(tmp_path / f"f.{batch}.{rank}", weights_only=True)
+        assert shared_targets.tolist() == targets.tolist() == [i % 3 for i in range(13)]
+        assert shared_views.shape == views.shape == (2, 13, 512)
+        torch.testing.assert_close(shared_views, views, rtol=0, atol=0)  # the same batches: the same bits
