@@ -68,10 +68,8 @@ def train(context: StageContext, world: launch.World, device) -> dict:
     run_id = (
         runs.open_run(client, params, resume, pretrained["provenance"], environment) if world.main else None
     )
-    meta = {"key": key, "run_id": run_id}
-    writer = StateWriter(
-        layout.CHECKPOINT, meta, behind=device.type == "cuda"
-    )  # GPU: written behind the loop
+    # on a GPU the checkpoint is written behind the loop (imgcls.engine.state.StateWriter)
+    writer = StateWriter(layout.CHECKPOINT, {"key": key, "run_id": run_id}, behind=device.type == "cuda")
     hooks = (writer.save, partial(runs.log_row, client, run_id)) if world.main else (None, None)  # ckpt, log
     memory = context.memory_format
     with (
