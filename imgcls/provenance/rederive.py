@@ -5,6 +5,7 @@ export against an MLflow store of its own. Used by `python -m stages.audit`."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -30,6 +31,8 @@ def run(command: list[str], cwd: Path, timeout: float, log: Path | None = None, 
 
 def make_worktree(root: Path, commit: str, where: Path) -> Path:
     """A clean checkout of `commit` at `where`, sharing the repository's git objects."""
+    if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit):
+        raise MissingInput(f"the card's git commit {commit[:80]!r} is not a commit id: nothing to check out")
     result = subprocess.run(
         ["git", "worktree", "add", "--detach", "--force", str(where), commit],
         cwd=root,

@@ -119,3 +119,12 @@ def test_the_audit_re_derives_a_model_bit_for_bit_and_names_what_stops_it(pipeli
     assert code == 2, out
     assert "input prepare.data = data/target (data/target.dvc) is missing from the DVC cache" in out
     assert "and from every remote (none set)" in out
+
+
+def test_a_commit_that_is_not_a_commit_id_is_never_handed_to_git(tmp_path):
+    from imgcls.provenance.rederive import MissingInput, make_worktree
+
+    for hostile in ("--orphan=x", "HEAD", "a" * 39, "../main"):
+        with pytest.raises(MissingInput, match="is not a commit id"):
+            make_worktree(tmp_path, hostile, tmp_path / "tree")
+    assert not (tmp_path / "tree").exists()
