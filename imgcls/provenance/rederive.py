@@ -106,6 +106,9 @@ def fetch_inputs(tree: Path, card: dict, cache: Path, log: Path) -> list[str]:
     for key, path in named.items():
         if not path:
             continue
+        if not (tree / path).resolve().is_relative_to(tree.resolve()):
+            lines.append(f"{key} = {path}: outside the repository, read where it is (its hash is compared)")
+            continue
         if (tree / path).exists():
             lines.append(f"{key} = {path}: in git at the card's commit")
             continue

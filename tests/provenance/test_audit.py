@@ -128,3 +128,22 @@ def test_a_commit_that_is_not_a_commit_id_is_never_handed_to_git(tmp_path):
         with pytest.raises(MissingInput, match="is not a commit id"):
             make_worktree(tmp_path, hostile, tmp_path / "tree")
     assert not (tmp_path / "tree").exists()
+
+
+def test_an_input_outside_the_repository_is_read_where_it_is_and_said_so(tmp_path):
+    from imgcls.provenance.rederive import fetch_inputs
+
+    tree, outside = tmp_path / "tree", tmp_path / "images"
+    (tree / "data" / "none").mkdir(parents=True)
+    outside.mkdir()
+    card = {
+        "params": {
+            "prepare": {"data": str(outside), "test_data": "data/none"},
+            "pretrain": {"source": "none", "data": "data/none"},
+        }
+    }
+    lines = fetch_inputs(tree, card, tmp_path / "cache", tmp_path / "log")
+    assert lines == [
+        f"prepare.data = {outside}: outside the repository, read where it is (its hash is compared)",
+        "prepare.test_data = data/none: in git at the card's commit",
+    ]
