@@ -5,6 +5,8 @@ the head sees."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from PIL import Image
@@ -26,6 +28,8 @@ from imgcls.engine.loop import fit
 from imgcls.engine.recipe import Recipe, make_optimizer
 from imgcls.export.formats import export_program
 from imgcls.model.networks import build_model
+from tests.engine.feature_shards import Pictures
+from tests.helpers import ROOT, attempt, clean_env, free_port
 
 CUDA = torch.device("cuda")
 
@@ -174,48 +178,26 @@ def test_exported_program_is_folded_and_the_same_bytes_every_time(tmp_path):
         torch.testing.assert_close(program.module()(example), model(example), rtol=0, atol=1e-5)
 
 
-class Pictures(torch.utils.data.Dataset):
-    """Seeded uint8 pictures with a class each: a dataset the loaders take as they take a prepared split."""
-
-    def __len__(self) -> int:
-        return 13  # odd: the ranks' shares differ in length
-
-    def __getitem__(self, index: int):
-        generator = torch.Generator().manual_seed(index)
-        return torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=generator), index % 3
-
-
-def features_on_rank(rank: int, world: int, store: str, out: str) -> None:
-    """One rank of the sharded feature pass: its own share of Pictures, then every rank's, gathered."""
-    import torch.distributed as dist
-
-    from imgcls.engine import distributed
-    from imgcls.engine.finetune import own_share
-    from imgcls.engine.launch import World
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+def test_two_ranks_each_compute_their_share_of_the_features_and_both_end_with_all_of_them(tmp_path):
+    """Under torchrun (a fresh interpreter per rank: a spawned child would inherit this process's sys.path,
+    where MLflow may have put a served model's partial copy of imgcls)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    command += [str(free_port()), "-m", "tests.engine.feature_shards", str(tmp_path / "f")]
+    ranks = attempt(command, cwd=ROOT, env=clean_env(), timeout=300)
+    assert ranks.returncode == 0, ranks.stdout[-3000:] + ranks.stderr[-3000:]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank computed
     try:
         torch.manual_seed(0)
         model = build_model("resnet18", 3).eval()
-        for batch in (4, 16):  # 16: one batch in all, so rank 1's share is empty
-            loader = make_loader(own_share(Pictures(), World(rank, world, rank), batch), batch, False, 0, 0)
-            views, targets = backbone_features(model, "resnet18", loader, torch.device("cpu"), hflip=True)
-            cpu = torch.device("cpu")
-            gathered = distributed.gather_rows(views, cpu, dim=1), distributed.gather_rows(targets, cpu)
-            torch.save(gathered, f"{out}.{batch}.{rank}")
+        alone = {}
+        for batch in (4, 16):
+            loader = make_loader(Pictures(), batch, False, 0, 0)
+            alone[batch] = backbone_features(model, "resnet18", loader, torch.device("cpu"), hflip=True)
     finally:
-        dist.destroy_process_group()
-
-
-def test_two_ranks_each_compute_their_share_of_the_features_and_both_end_with_all_of_them(tmp_path):
-    torch.multiprocessing.spawn(features_on_rank, (2, str(tmp_path / "store"), str(tmp_path / "f")), nprocs=2)
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = build_model("resnet18", 3).eval()
+        torch.set_num_threads(threads)
     for batch, rank in [(4, 0), (4, 1), (16, 0), (16, 1)]:
-        loader = make_loader(Pictures(), batch, False, 0, 0)
-        views, targets = backbone_features(model, "resnet18", loader, torch.device("cpu"), hflip=True)
+        views, targets = alone[batch]
         shared_views, shared_targets = torch.load(tmp_path / f"f.{batch}.{rank}", weights_only=True)
         assert shared_targets.tolist() == targets.tolist() == [i % 3 for i in range(13)]
         assert shared_views.shape == views.shape == (2, 13, 512)
