@@ -15,14 +15,15 @@ from imgcls.files import sha256_file, write_json, write_text
 from imgcls.provenance import inputs, store, ui_links
 
 
-def dvc_hashes(params: Params, root: Path | None = None) -> dict:
-    """The dvc.lock md5 of each input and output an auditor may want to check, by role. `manifest` is the file
-    train and evaluate depend on: every prepared image's split, class and SHA-256 (the splits are not separate
-    DVC entries; `prepared` covers all three folders)."""
+def dvc_hashes(data: str, test_data: str, root: Path | None = None) -> dict:
+    """The dvc.lock md5 of each input and output an auditor may want to check, by role (`data` and
+    `test_data`: prepare.data and prepare.test_data). `manifest` is the file train and evaluate depend on:
+    every prepared image's split, class and SHA-256 (the splits are not separate DVC entries; `prepared`
+    covers all three folders)."""
     lock = inputs.dvc_lock_hashes(root)
     return {
-        "data": lock.get("prepare", {}).get(params.prepare.data, ""),
-        "test_data": lock.get("prepare", {}).get(params.prepare.test_data, ""),
+        "data": lock.get("prepare", {}).get(data, ""),
+        "test_data": lock.get("prepare", {}).get(test_data, ""),
         "prepared": lock.get("prepare", {}).get(layout.PREPARED, ""),
         "manifest": lock.get("train", {}).get(layout.MANIFEST, ""),
         "pretrained": lock.get("pretrain", {}).get(layout.PRETRAINED, ""),
@@ -72,7 +73,7 @@ def model_card(
         },
         "preprocessing": checkpoint["preprocessing"],
         "git": git,
-        "dvc": dvc_hashes(params),
+        "dvc": dvc_hashes(params.prepare.data, params.prepare.test_data),
         "weights_provenance": checkpoint["provenance"],
         "params": checkpoint["params"],
         "params_sha256": params_hash(checkpoint["params"]),

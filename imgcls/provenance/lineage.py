@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from imgcls.config import layout
-from imgcls.config.params import params_hash, parse_params
+from imgcls.config.params import params_hash
 from imgcls.export.card import dvc_hashes
 from imgcls.files import sha256_file
 from imgcls.provenance import registry, store
@@ -30,7 +30,11 @@ def trace(export_dir: Path, root: Path) -> list[tuple[str, bool, str]]:
         return [("model card", False, f"{card_path} not found: is {export_dir} an export folder?")]
     try:
         card = json.loads(card_path.read_text(encoding="utf-8"))
-        parse_params(card["params"], f"{card_path} params")
+        # the params as the card's own code read them: today's code may know keys added since, so they are
+        # not validated again here (their hash is checked); what lineage reads must be there
+        prepare = card["params"]["prepare"]
+        if not isinstance(prepare["data"], str) or not isinstance(prepare["test_data"], str):
+            raise TypeError("params.prepare.data and params.prepare.test_data must be paths")
         for key in ("model", "dvc", "git", "mlflow", "params_sha256"):
             card[key]  # noqa: B018 - a card without any of these cannot be traced
     except (UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
@@ -69,7 +73,8 @@ def check_files(export_dir: Path, root: Path, card: dict) -> tuple[str, bool, st
 
 
 def check_lock(root: Path, card: dict) -> tuple[str, bool, str]:
-    lock = dvc_hashes(parse_params(card["params"], "model_card.json params"), root)
+    prepare = card["params"]["prepare"]
+    lock = dvc_hashes(prepare["data"], prepare["test_data"], root)
     differ = [f"{k}: card {v} vs dvc.lock {lock.get(k)}" for k, v in card["dvc"].items() if lock.get(k) != v]
     return "model card -> dvc.lock", not differ, "; ".join(differ) or f"{len(card['dvc'])} hashes agree"
 

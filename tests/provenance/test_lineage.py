@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.helpers import attempt, digest, run, set_param
+from tests.helpers import ROOT, attempt, digest, run, set_param
 
 pytestmark = pytest.mark.pipeline  # on a trained_repo worker (conftest.TRAINED_REPO_GROUPS)
 
@@ -214,3 +214,23 @@ def test_a_moved_repository_says_how_to_repair_its_store_and_then_verifies(train
         moved,
         env,
     )
+
+
+def test_a_card_made_before_a_param_was_added_still_traces_to_dvc_lock(tmp_path):
+    """Cards outlive the code that made them: the params are read as that code wrote them, not validated
+    against today's keys (their hash is checked instead)."""
+    import yaml
+
+    from imgcls.provenance.lineage import check_lock, trace
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    del params["train"]["distributed"]["max_restarts"]  # added after this card was made
+    lock = {"stages": {"prepare": {"deps": [{"path": params["prepare"]["data"], "md5": "a.dir"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    card = {"params": params, "dvc": {"data": "a.dir"}}
+    assert check_lock(tmp_path, card) == ("model card -> dvc.lock", True, "1 hashes agree")
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "model_card.json").write_text(json.dumps({"params": {"prepare": {}}}))
+    [(link, holds, detail)] = trace(export, tmp_path)
+    assert link == "model card" and not holds and "KeyError" in detail
