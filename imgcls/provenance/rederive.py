@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -19,14 +20,21 @@ class MissingInput(RuntimeError):
 
 
 def run(command: list[str], cwd: Path, timeout: float, log: Path | None = None, env=None) -> int:
-    """Run a command to its end, bounded; its output goes to `log` (appended) or is dropped."""
+    """Run a command to its end, bounded; its output goes to `log` (appended) or is dropped. Past `timeout`
+    (124) or on Ctrl-C, the command and every process under it (the stages `dvc repro` runs) are killed."""
     with open(log or os.devnull, "ab") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
         try:
-            return subprocess.run(
-                command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, env=env
-            ).returncode
+            return process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
             return 124
+        except KeyboardInterrupt:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
 
 
 def make_worktree(root: Path, commit: str, where: Path) -> Path:

@@ -147,3 +147,16 @@ def test_an_input_outside_the_repository_is_read_where_it_is_and_said_so(tmp_pat
         f"prepare.data = {outside}: outside the repository, read where it is (its hash is compared)",
         "prepare.test_data = data/none: in git at the card's commit",
     ]
+
+
+def test_a_re_run_past_its_time_is_killed_with_everything_under_it(tmp_path):
+    import time
+
+    from imgcls.provenance.rederive import run
+
+    marker = tmp_path / "still_running"
+    start = time.monotonic()
+    code = run(["bash", "-c", f"(sleep 3; touch {marker}) & sleep 30"], tmp_path, timeout=1)
+    assert code == 124 and time.monotonic() - start < 10
+    time.sleep(4)
+    assert not marker.exists()  # the grandchild went with it
