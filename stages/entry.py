@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from imgcls import termination
 from imgcls.config import layout
 from imgcls.config.params import Params, load_params
 from imgcls.engine import launch
@@ -63,14 +64,6 @@ def build_context(
     )
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so cleanups run and the MLflow run is marked KILLED."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated(f"stopped by signal {signum}")
-
-
 def stage_main(
     run: Callable[[StageContext], dict],
     computes: bool = True,
@@ -86,7 +79,7 @@ def stage_main(
         level=logging.INFO if world.main else logging.WARNING,
         format=f"%(asctime)s {f'[rank {world.rank}] ' if world.size > 1 else ''}%(name)s %(message)s",
     )
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, termination.on_signal)  # never inside a store write
     try:
         params = load_params()
         root = Path.cwd()
@@ -109,7 +102,7 @@ def stage_main(
         sys.exit(1)
     except KeyboardInterrupt as stop:
         log.error("stopped (%s): outputs were not written; run the stage again", stop or "Ctrl-C")
-        sys.exit(143 if isinstance(stop, Terminated) else 130)
+        sys.exit(143 if isinstance(stop, termination.Terminated) else 130)
 
 
 def worker_message(message: str) -> str:

@@ -19,6 +19,7 @@ from imgcls.files import write_json
 from imgcls.provenance import inputs, store, ui_links
 from imgcls.provenance.git import git_state
 from imgcls.provenance.store import portable_uri, tracking_uri
+from imgcls.termination import uninterrupted
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -40,12 +41,15 @@ def run_status(client: MlflowClient, run_id: str):
     try:
         yield
     except KeyboardInterrupt:
-        client.set_terminated(run_id, "KILLED")
+        with uninterrupted():
+            client.set_terminated(run_id, "KILLED")
         raise
     except BaseException:
-        client.set_terminated(run_id, "FAILED")
+        with uninterrupted():
+            client.set_terminated(run_id, "FAILED")
         raise
-    client.set_terminated(run_id, "FINISHED")
+    with uninterrupted():
+        client.set_terminated(run_id, "FINISHED")
 
 
 def process_tags() -> dict:
@@ -140,7 +144,8 @@ def log_epoch_metrics(client: MlflowClient, run_id: str, epoch: int, values: dic
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()])
+    with uninterrupted():  # a SIGTERM waits for the write: cut, it leaves sqlite locked
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in values.items()])
 
 
 def log_row(client: MlflowClient, run_id: str, row: dict) -> None:
