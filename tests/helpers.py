@@ -94,26 +94,14 @@ def start_server(
     raise AssertionError(f"{command} did not answer {url} within {wait:.0f} s: {log.read_text()[-2000:]}")
 
 
-def mlflow_server_command(port: int, backend_store_uri: str, artifacts: Path) -> list[str]:
-    """A team's `mlflow server` on 127.0.0.1: runs and registry in `backend_store_uri`, artifacts stored by
-    the server itself in `artifacts` (clients upload and download through it)."""
-    return [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--backend-store-uri",
-        backend_store_uri,
-        "--serve-artifacts",
-        "--artifacts-destination",
-        str(artifacts),
-        "--workers",
-        "1",
-    ]
+def mlflow_server_command(port: int, backend_store_uri: str, artifacts: Path | None = None) -> list[str]:
+    """`mlflow server` on 127.0.0.1 over `backend_store_uri`; with `artifacts`, a team's server that stores
+    the artifacts itself there (clients upload and download through it), else the store's own locations."""
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--backend-store-uri", backend_store_uri, "--workers", "1"]
+    if artifacts is not None:
+        command += ["--serve-artifacts", "--artifacts-destination", str(artifacts)]
+    return command
 
 
 def attempt(
@@ -131,7 +119,7 @@ def attempt(
         except subprocess.TimeoutExpired:
             timed_out = True
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            process.wait(timeout=60)
         output = []
         for file in (out, err):
             file.seek(0)

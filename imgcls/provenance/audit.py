@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from imgcls.config.params import flatten
 from imgcls.files import sha256_file
 from imgcls.provenance import lineage
 from imgcls.provenance.reference import decide_mode
@@ -48,12 +49,6 @@ def card_folder(model: str, scratch: Path) -> tuple[Path, bool]:
     if not cards:
         raise FileNotFoundError(f"{model} holds no model_card.json: not a model this pipeline registered")
     return cards[0].parent, True
-
-
-def flatten(data, prefix: str = "") -> dict:
-    if isinstance(data, dict):
-        return {k: v for key, value in data.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): json.dumps(data) if isinstance(data, list) else data}
 
 
 def precheck(export_dir: Path, root: Path, registered: bool) -> list[tuple[str, bool, str]]:

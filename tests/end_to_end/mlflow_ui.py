@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.helpers import start_server
+from tests.helpers import mlflow_server_command, start_server
 
 # MLflow 3.17 opens its chat panel beside every page on a first visit:
 # keep it shut so screenshots show the page
@@ -19,20 +18,7 @@ window.localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'tr
 
 def mlflow_server(repo: Path, env: dict, port: int) -> subprocess.Popen:
     return start_server(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--backend-store-uri",
-            f"sqlite:///{repo / 'mlflow.db'}",
-            "--workers",
-            "1",
-        ],
+        mlflow_server_command(port, f"sqlite:///{repo / 'mlflow.db'}"),
         f"http://127.0.0.1:{port}/health",
         repo,
         env,

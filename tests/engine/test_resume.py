@@ -58,6 +58,18 @@ def configure(repo: Path, processes: int, max_restarts: int = 0) -> None:
     )
 
 
+FORCED_TRAIN = ["dvc", "repro", "--force", "--single-item", "train"]
+
+
+def start_logged(command: list[str], cwd: Path, env: dict, log: Path) -> subprocess.Popen:
+    """`command` started in its own session (a kill of its group takes dvc and every process under it), its
+    output to `log`."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
 def wait_for(log: Path, pattern: str, process: subprocess.Popen, seconds: float = 240) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -102,15 +114,7 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
     assert only.info.run_id == uninterrupted.meta["run_id"]  # rank 0 alone made a run
 
     log = tmp_path / "killed.log"
-    with open(log, "w") as out:  # its own session: the kill takes dvc and every process under it
-        killed = subprocess.Popen(
-            ["dvc", "repro", "--force", "--single-item", "train"],
-            cwd=repo,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    killed = start_logged(FORCED_TRAIN, repo, env, log)
     wait_for(log, r"checkpoint: epoch 2 step 1", killed)
     if processes == 1:
         os.killpg(killed.pid, signal.SIGKILL)  # mid-epoch: no handler runs, nothing is flushed
@@ -217,15 +221,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_same_
     run(["dvc", "repro", "train"], repo, env)  # prepare, pretrain and an uninterrupted train
     reference = digest(repo / "models/model.pt")
     log = tmp_path / "restarted.log"
-    with open(log, "w") as out:
-        stage = subprocess.Popen(
-            ["dvc", "repro", "--force", "--single-item", "train"],
-            cwd=repo,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    stage = start_logged(FORCED_TRAIN, repo, env, log)
     try:
         wait_for(log, r"checkpoint: epoch 2 step 1", stage)
         os.kill(rank_pid(repo, 1), signal.SIGKILL)  # mid-epoch; nobody runs anything after this
@@ -327,17 +323,8 @@ def test_two_hosts_train_one_model_and_recover_from_a_killed_rank_by_themselves(
     for (ns, interface, _), folder, command, log in zip(
         two_hosts, (repo, node1), (["dvc", "repro", "train"], other_node), logs
     ):
-        with open(log, "w") as out:
-            processes.append(
-                subprocess.Popen(
-                    ["ip", "netns", "exec", ns, *command],
-                    cwd=folder,
-                    env=env | {"GLOO_SOCKET_IFNAME": interface},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
-            )
+        node_env = env | {"GLOO_SOCKET_IFNAME": interface}
+        processes.append(start_logged(["ip", "netns", "exec", ns, *command], folder, node_env, log))
     try:
         wait_for(logs[0], r"checkpoint: epoch 2 step 1", processes[0])
         os.kill(rank_pid(node1, 1), signal.SIGKILL)  # node 1's only rank, mid-epoch
