@@ -26,10 +26,12 @@ def served_model_args(export_dir: Path, scratch: Path, example_image: bytes) -> 
     loaded.load(export_dir)
     staged = scratch / "export"  # the artifact's name in the model: not the partial folder's
     shutil.copytree(export_dir, staged)
+    code = serving_code(scratch / "code")
     return {
         "python_model": str(PACKAGE / "serving" / "served_model.py"),
         "artifacts": {"export_dir": str(staged)},
-        "code_paths": [str(serving_code(scratch / "code"))],
+        "code_paths": [str(code)],
+        "pip_requirements": pinned_requirements(code),
         "input_example": example,
         "signature": infer_signature(example, loaded.predict(None, example)),
     }
@@ -63,6 +65,31 @@ def serving_code(target: Path) -> Path:
             PACKAGE.parent / (name.replace(".", "/") + ".py"), target / (name.replace(".", "/") + ".py")
         )
     return target / "imgcls"
+
+
+def pinned_requirements(code: Path) -> list[str]:
+    """The distributions the served code imports (beyond the standard library and itself), pinned to the
+    versions installed here, local labels such as +cpu dropped as MLflow does. Declared, not inferred: MLflow's
+    inference loads the model in a second Python (seconds per export) and, from an editable install, names this
+    project, which no index holds, while it missed torch and onnxruntime."""
+    import sys
+    from importlib.metadata import packages_distributions, version
+
+    imported = set()
+    for path in code.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    third_party = sorted(imported - set(sys.stdlib_module_names) - {"__future__", code.name})
+    distributions = packages_distributions()
+    missing = [name for name in third_party if name not in distributions]
+    if missing:
+        raise RuntimeError(f"the served model imports {missing}, which no installed distribution provides")
+    # several may provide one package (mlflow, mlflow-skinny): the one of its own name when installed
+    names = sorted({name if name in distributions[name] else distributions[name][0] for name in third_party})
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
 
 
 def save_served_model(export_dir: Path, target: Path, example_image: bytes) -> None:

@@ -7,6 +7,7 @@ import base64
 import json
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,20 @@ def test_mlflow_models_serve_refuses_paths_without_stack_traces(trained_repo):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_the_registered_model_declares_the_distributions_its_code_imports(trained_repo, tmp_path):
+    """requirements.txt pins what the served code imports, as installed here; never this project, which no
+    index holds (its code travels in the model)."""
+    from importlib.metadata import version
+
+    import mlflow.artifacts
+
+    repo, _ = trained_repo
+    model = mlflow.artifacts.download_artifacts(
+        artifact_uri=registered(repo), dst_path=str(tmp_path), tracking_uri=f"sqlite:///{repo / 'mlflow.db'}"
+    )
+    declared = (Path(model) / "requirements.txt").read_text().split()
+    names = ["mlflow", "numpy", "onnxruntime", "pandas", "pillow", "torch", "torchvision"]
+    assert declared == [f"{name}=={version(name).split('+')[0]}" for name in names]
+    assert (Path(model) / "code" / "imgcls" / "serving" / "served_model.py").is_file()
