@@ -75,14 +75,18 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"add {sorted(strays)} to TRAINED_REPO_GROUPS in tests/conftest.py")
 
 
+# Other modules whose tests share a module-scoped repo: each is one unit of work, so the repo is built once.
+SHARED_REPO_GROUPS = TRAINED_REPO_GROUPS | {"tests/engine/test_resume.py": "two_ranks"}
+
+
 def pytest_xdist_make_scheduler(config, log):
-    """Load balancing, one test at a time, except each group of trained_repo modules, which is one unit of
-    work (the largest units start first)."""
+    """Load balancing, one test at a time, except each group of SHARED_REPO_GROUPS, which is one unit of work
+    (the largest units start first)."""
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedRepoScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return TRAINED_REPO_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
+            return SHARED_REPO_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
 
     return SharedRepoScheduling(config, log)
 

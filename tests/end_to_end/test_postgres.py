@@ -1,7 +1,7 @@
 """A team's MLflow on PostgreSQL: a real PostgreSQL (Debian's, installed by tests/install_services.sh) that
 the test starts on 127.0.0.1 and stops, `mlflow server` over it serving the artifacts itself, and the pipeline
-run against that server: one run, the registered version, lineage 8/8, and the audit of the registered
-version."""
+run against that server: one run, the registered version, lineage 8/8, and `python -m stages.audit` of the
+registered version end to end (the suite's one re-derivation; the audit's parts: provenance/test_audit.py)."""
 
 from __future__ import annotations
 
@@ -63,10 +63,25 @@ def postgres():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_the_pipeline_runs_against_an_mlflow_server_on_postgresql(pipeline_repo, postgres, tmp_path):
+def audit(repo, env, *args) -> tuple[int, str]:
+    done = attempt([sys.executable, "-m", "stages.audit", *args], cwd=repo, env=env, timeout=900)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_team_server_on_postgresql_runs_the_pipeline_and_the_audit_re_derives_its_model_bit_for_bit(
+    pipeline_repo, postgres, tmp_path
+):
+    """One tiny pipeline serves both (a re-derivation is a whole run): the team's server on PostgreSQL holds
+    its run and version, lineage 8/8 against it, and the audit of the registered version, whose images are
+    tracked by DVC, re-derives it bit for bit; an edited card stops the audit before any work, and an input
+    missing from every cache is named."""
     import psycopg
 
     repo, env = pipeline_repo
+    run(["git", "rm", "-r", "-q", "--cached", "data/target"], repo, env)  # the user's images: tracked by DVC
+    run(["dvc", "add", "-q", "data/target"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "data under DVC"], repo, env)
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = start_server(
@@ -80,6 +95,8 @@ def test_the_pipeline_runs_against_an_mlflow_server_on_postgresql(pipeline_repo,
     try:
         served = env | {"MLFLOW_TRACKING_URI": uri}
         run(["dvc", "repro"], repo, served)
+        run(["git", "add", "-A"], repo, env)
+        run(["git", "commit", "-qm", "trained"], repo, env)
         assert not (repo / "mlflow.db").exists()  # nothing fell back to a local store
         client = MlflowClient(uri)
         [found] = client.search_runs([client.get_experiment_by_name("image-classifier").experiment_id])
@@ -98,16 +115,31 @@ def test_the_pipeline_runs_against_an_mlflow_server_on_postgresql(pipeline_repo,
         assert lineage.returncode == 0 and "8/8 links verified" in lineage.stdout, (
             lineage.stdout + lineage.stderr
         )
-        audited = attempt(
-            [sys.executable, "-m", "stages.audit", f"models:/image-classifier/{version.version}"],
-            repo,
-            served,
-            timeout=900,
-        )
-        output = audited.stdout + audited.stderr
-        assert audited.returncode == 0 and "VERDICT re-derived bit for bit" in output, output
-        assert f"run {found.info.run_id} (FINISHED) in {uri}" in output  # checked against the team's server
+        registered = f"models:/image-classifier/{version.version}"
+        code, out = audit(repo, served, registered)  # the card and files: the version's, from the server
+        assert code == 0 and "VERDICT re-derived bit for bit: 6 DVC hashes, 6 model files" in out, out
+        assert f"run {found.info.run_id} (FINISHED) in {uri}" in out  # checked against the team's server
+        assert "prepare.data = data/target: checked out of the DVC cache" in out
+        assert "mlflow.run_id" in out and "may differ" in out
         assert len(client.search_runs([found.info.experiment_id])) == 1  # the re-run logged elsewhere
+        worktrees = run(["git", "worktree", "list"], repo, env).stdout.splitlines()
+        assert len(worktrees) == 1  # the audit's is gone
+
+        card_path = repo / "models/export/model_card.json"
+        original = card_path.read_text()
+        edited = json.loads(original)
+        edited["metrics"]["test_accuracy"] = 0.99
+        card_path.write_text(json.dumps(edited))
+        code, out = audit(repo, served, "models/export")
+        assert code == 2 and "VERDICT cannot audit" in out and "re-deriving" not in out, out
+        assert "BROKEN model card" in out or "BROKEN git commit -> MLflow run" in out
+        card_path.write_text(original)
+
+        shutil.rmtree(repo / ".dvc" / "cache")  # the images' only copy outside the workspace
+        code, out = audit(repo, served, registered)
+        assert code == 2, out
+        assert "input prepare.data = data/target (data/target.dvc) is missing from the DVC cache" in out
+        assert "and from every remote (none set)" in out
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,7 +1,8 @@
-"""A train stage killed mid-epoch resumes from its checkpoint to the very bytes of a run never killed, in the
+"""A train stage killed mid-epoch resumes from its checkpoint to the very model of a run never killed, in the
 same MLflow run: on one process after `dvc repro`; on two torchrun processes (gloo) by itself, torchrun
 restarting the ranks, and when its restarts are used up, after a stage that fails quickly and `dvc repro`;
-and on two hosts with their own network (two namespaces), restarted on both without a person."""
+and on two hosts with their own network (two namespaces), restarted on both without a person. The
+two-process tests share one uninterrupted run (fixture two_ranks)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from imgcls.config.params import DOES_NOT_CHANGE_RESULTS
 from imgcls.data.loaders import EpochSampler
 from imgcls.engine.resume import find_resume, resume_blockers
 from imgcls.engine.state import TrainState, capture_rng, load_state, save_state
-from tests.helpers import digest, free_port, run, set_param
+from tests.helpers import build_pipeline_repo, digest, end_processes_in, free_port, run, set_param
 
 EPOCHS = 3
 
@@ -99,47 +101,53 @@ def rank_pid(repo: Path, rank: int) -> int:
     raise AssertionError(f"no rank {rank} process of {repo}")
 
 
-@pytest.mark.pipeline
-@pytest.mark.parametrize("processes", [1, 2])
-def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, tmp_path, processes):
-    repo, env = pipeline_repo
-    configure(repo, processes)
+def same_model(path: Path, reference: Path) -> None:
+    """`path` holds the model of `reference`: every weight's bits, the classes, preprocessing, provenance,
+    best epoch and params, but for the params that do not change results (the restarts allowed, the port)."""
+    found, expected = (torch.load(p, weights_only=True) for p in (path, reference))
+    for made in (found, expected):
+        for key in DOES_NOT_CHANGE_RESULTS:
+            section, *inner, name = key.split(".")
+            holder = made["params"][section]
+            for part in inner:
+                holder = holder[part]
+            holder.pop(name, None)
+    weights = [
+        k
+        for k in expected["state_dict"]
+        if not torch.equal(found["state_dict"][k], expected["state_dict"][k])
+    ]
+    assert found["state_dict"].keys() == expected["state_dict"].keys() and weights == [], weights
+    found.pop("state_dict"), expected.pop("state_dict")
+    assert found == expected
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """A repo trained once, uninterrupted, on two torchrun ranks sharing a global batch of 8: the model every
+    two-process test below must end with, whatever it kills (a copy, uninterrupted.pt beside the repo). Each
+    test sets its own restarts and port; neither changes results. The module runs on one worker
+    (conftest.SHARED_REPO_GROUPS)."""
+    repo, env = build_pipeline_repo(tmp_path_factory.mktemp("two_ranks") / "repo")
+    configure(repo, 2)
     first = run(["dvc", "repro", "train"], repo, env)  # prepare, pretrain and an uninterrupted train
-    assert (f"rank 0 of {processes}" in first.stdout + first.stderr) == (processes > 1)
-    reference = digest(repo / "models/model.pt")
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    assert "rank 0 of 2" in first.stdout + first.stderr
     uninterrupted = load_state(repo / "models/checkpoint.pt")
     assert uninterrupted.finished and len(uninterrupted.history) == EPOCHS
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     [only] = client.search_runs([client.get_experiment_by_name("image-classifier").experiment_id])
     assert only.info.run_id == uninterrupted.meta["run_id"]  # rank 0 alone made a run
+    shutil.copy(repo / "models/model.pt", repo.parent / "uninterrupted.pt")
+    yield repo, env, repo.parent / "uninterrupted.pt"
+    end_processes_in(repo.parent)
 
-    log = tmp_path / "killed.log"
-    killed = start_logged(FORCED_TRAIN, repo, env, log)
-    wait_for(log, r"checkpoint: epoch 2 step 1", killed)
-    if processes == 1:
-        os.killpg(killed.pid, signal.SIGKILL)  # mid-epoch: no handler runs, nothing is flushed
-        killed.wait(timeout=30)
-    else:
-        os.kill(rank_pid(repo, 1), signal.SIGKILL)  # one rank dies; the stage must fail, not hang
-        start = time.monotonic()
-        assert killed.wait(timeout=90) != 0
-        failed_after = time.monotonic() - start
-        output = log.read_text()
-        assert "distributed training failed: torchrun exited with code" in output, output
-        assert re.search(r"rank\s+: 1 \(local_rank: 1\)\s+exitcode\s+: -9", output), output  # names the rank
-        assert failed_after < 60, f"the stage took {failed_after:.0f} s to fail after a rank was killed"
-    state = load_state(repo / "models/checkpoint.pt")
-    assert not state.finished and (state.epoch, state.step) >= (2, 1)
-    assert state.meta["run_id"] != uninterrupted.meta["run_id"]  # the forced run started a run of its own
-    # KILLED, FAILED (its peer died), RUNNING
-    assert client.get_run(state.meta["run_id"]).info.status != "FINISHED"
 
-    resumed = run(["dvc", "repro", "train"], repo, env)
-    output = resumed.stdout + resumed.stderr
-    assert f"resuming from models/checkpoint.pt: epoch {state.epoch}, step {state.step}" in output, output
-    assert digest(repo / "models/model.pt") == reference  # as if it had never stopped
+def assert_resumed_in_the_same_run(repo: Path, env: dict, state: TrainState, resumed: str) -> None:
+    """`dvc repro train` resumed `state`'s run from its checkpoint: FINISHED, every epoch logged once."""
+    assert f"resuming from models/checkpoint.pt: epoch {state.epoch}, step {state.step}" in resumed, resumed
     final = load_state(repo / "models/checkpoint.pt")
     assert final.finished and final.meta["run_id"] == state.meta["run_id"]
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     continued = client.get_run(state.meta["run_id"])
     assert continued.info.status == "FINISHED" and "resumed at epoch" in continued.data.tags["status_note"]
     for metric in ("train_loss", "val_accuracy"):  # every epoch once, none twice
@@ -147,6 +155,62 @@ def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, t
             range(1, EPOCHS + 1)
         )
     assert run(["dvc", "status", "train"], repo, env).stdout.strip().endswith("up to date.")
+
+
+def killed_state(repo: Path, before: str) -> TrainState:
+    """The checkpoint a killed forced run left: unfinished, past epoch 2 step 1, in a run of its own that did
+    not finish (KILLED, FAILED when its peer died, or RUNNING)."""
+    state = load_state(repo / "models/checkpoint.pt")
+    assert not state.finished and (state.epoch, state.step) >= (2, 1)
+    assert state.meta["run_id"] != before  # the forced run started a run of its own
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    assert client.get_run(state.meta["run_id"]).info.status != "FINISHED"
+    return state
+
+
+@pytest.mark.pipeline
+def test_killed_train_resumes_to_the_same_bytes_in_the_same_run(pipeline_repo, tmp_path):
+    repo, env = pipeline_repo
+    configure(repo, 1)
+    first = run(["dvc", "repro", "train"], repo, env)  # prepare, pretrain and an uninterrupted train
+    assert "rank 0 of" not in first.stdout + first.stderr
+    reference = digest(repo / "models/model.pt")
+    uninterrupted = load_state(repo / "models/checkpoint.pt")
+    assert uninterrupted.finished and len(uninterrupted.history) == EPOCHS
+
+    log = tmp_path / "killed.log"
+    killed = start_logged(FORCED_TRAIN, repo, env, log)
+    wait_for(log, r"checkpoint: epoch 2 step 1", killed)
+    os.killpg(killed.pid, signal.SIGKILL)  # mid-epoch: no handler runs, nothing is flushed
+    killed.wait(timeout=30)
+    state = killed_state(repo, uninterrupted.meta["run_id"])
+    resumed = run(["dvc", "repro", "train"], repo, env)
+    assert digest(repo / "models/model.pt") == reference  # as if it had never stopped, to the byte
+    assert_resumed_in_the_same_run(repo, env, state, resumed.stdout + resumed.stderr)
+
+
+@pytest.mark.pipeline
+def test_a_killed_rank_fails_the_stage_quickly_and_dvc_repro_resumes_the_same_run(two_ranks, tmp_path):
+    """With no restarts allowed, a rank killed mid-epoch fails the stage within seconds, naming the rank; `dvc
+    repro` then resumes both ranks to the uninterrupted run's model."""
+    repo, env, reference = two_ranks
+    configure(repo, 2, max_restarts=0)
+    before = load_state(repo / "models/checkpoint.pt").meta["run_id"]
+    log = tmp_path / "killed.log"
+    killed = start_logged(FORCED_TRAIN, repo, env, log)
+    wait_for(log, r"checkpoint: epoch 2 step 1", killed)
+    os.kill(rank_pid(repo, 1), signal.SIGKILL)  # one rank dies; the stage must fail, not hang
+    start = time.monotonic()
+    assert killed.wait(timeout=90) != 0
+    failed_after = time.monotonic() - start
+    output = log.read_text()
+    assert "distributed training failed: torchrun exited with code" in output, output
+    assert re.search(r"rank\s+: 1 \(local_rank: 1\)\s+exitcode\s+: -9", output), output  # names the rank
+    assert failed_after < 60, f"the stage took {failed_after:.0f} s to fail after a rank was killed"
+    state = killed_state(repo, before)
+    resumed = run(["dvc", "repro", "train"], repo, env)
+    same_model(repo / "models/model.pt", reference)  # as if it had never stopped
+    assert_resumed_in_the_same_run(repo, env, state, resumed.stdout + resumed.stderr)
 
 
 def test_a_checkpoint_resumes_only_unfinished_and_from_the_same_inputs(tmp_path, caplog):
@@ -213,13 +277,9 @@ def test_two_ranks_of_batch_b_see_what_one_process_of_batch_2b_sees(size):
 
 
 @pytest.mark.pipeline
-def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_same_bytes(
-    pipeline_repo, tmp_path
-):
-    repo, env = pipeline_repo
+def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_same_bytes(two_ranks, tmp_path):
+    repo, env, reference = two_ranks
     configure(repo, 2, max_restarts=1)
-    run(["dvc", "repro", "train"], repo, env)  # prepare, pretrain and an uninterrupted train
-    reference = digest(repo / "models/model.pt")
     log = tmp_path / "restarted.log"
     stage = start_logged(FORCED_TRAIN, repo, env, log)
     try:
@@ -234,7 +294,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_same_
             os.killpg(stage.pid, signal.SIGKILL)
     output = log.read_text()
     assert output.count("resuming from models/checkpoint.pt") == 1, output  # rank 0 finds it, hands it on
-    assert digest(repo / "models/model.pt") == reference  # as if it had never stopped
+    same_model(repo / "models/model.pt", reference)  # as if it had never stopped
     final = load_state(repo / "models/checkpoint.pt")
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     continued = client.get_run(final.meta["run_id"])
@@ -273,15 +333,13 @@ def two_hosts():
 
 @pytest.mark.pipeline
 def test_two_hosts_train_one_model_and_recover_from_a_killed_rank_by_themselves(
-    pipeline_repo, tmp_path, two_hosts
+    two_ranks, tmp_path, two_hosts
 ):
     """Node 0 runs `dvc repro` in its namespace, node 1 the documented torchrun line in its own (a copy of the
     repository standing in for its clone); the model equals the one-host two-process run of the same global
     batch, and node 1's rank, killed mid-epoch, is restarted on both hosts without a person."""
-    repo, env = pipeline_repo
-    configure(repo, 2, max_restarts=1)
-    run(["dvc", "repro", "train"], repo, env)  # the one-host run: 2 processes, batch 4 each
-    one_host = torch.load(repo / "models/model.pt", weights_only=True)["state_dict"]
+    repo, env, reference = two_ranks  # the one-host run: 2 processes, batch 4 each
+    one_host = torch.load(reference, weights_only=True)["state_dict"]
     [(ns0, if0, address0), (ns1, if1, _)] = two_hosts
     port = free_port()
     cfg = {
