@@ -64,7 +64,15 @@ TRAINED_REPO_GROUPS = {
 
 
 def pytest_collection_modifyitems(config, items):
-    """A module that uses trained_repo but is in no group would build a third trained repo on its own."""
+    """The clean-clone reproduction first, then the other pipeline runs, then the rest (a stable sort: each
+    keeps its order). xdist hands out the shared-repo groups first (largest first), then single tests in
+    this order: a minutes-long test left to the end would leave the other worker idle while it runs.
+    A module that uses trained_repo but is in no group would build a third trained repo on its own."""
+    items.sort(
+        key=lambda item: (
+            0 if item.get_closest_marker("reproduce") else 1 if item.get_closest_marker("pipeline") else 2
+        )
+    )
     strays = {
         item.nodeid.split("::", 1)[0]
         for item in items
