@@ -89,12 +89,21 @@ SHARED_REPO_GROUPS = TRAINED_REPO_GROUPS | {"tests/engine/test_resume.py": "two_
 
 def pytest_xdist_make_scheduler(config, log):
     """Load balancing, one test at a time, except each group of SHARED_REPO_GROUPS, which is one unit of work
-    (the largest units start first)."""
+    (the largest units start first, then single tests in collection order), a worker holding as little
+    work ahead as xdist allows."""
     from xdist.scheduler import LoadScopeScheduling
 
     class SharedRepoScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return SHARED_REPO_GROUPS.get(nodeid.split("::", 1)[0], nodeid)
+
+        def _reschedule(self, node) -> None:
+            """xdist queues up to three tests on a worker; one running and the next (which pytest must know
+            before it finishes a test) are enough. With three, the worker that took the clean-clone
+            reproduction also took the next two minutes-long tests while the other worker ran out of work."""
+            if not node.shutting_down and self.workqueue and self._pending_of(self.assigned_work[node]) > 1:
+                return
+            super()._reschedule(node)
 
     return SharedRepoScheduling(config, log)
 
