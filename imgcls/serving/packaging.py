@@ -40,6 +40,18 @@ def served_model_args(export_dir: Path, scratch: Path, example_image: bytes) -> 
 PACKAGE = Path(__file__).resolve().parents[1]  # imgcls/
 
 
+def imported_names(path: Path) -> list[str]:
+    """Every module the Python file `path` imports, by absolute name; `from m import x` names m and m.x (x may
+    be a module)."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        elif isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+    return names
+
+
 def serving_code(target: Path) -> Path:
     """A copy of the package holding only the modules the served model imports, at any depth (not the stages,
     the training code or the commands): target/imgcls, for MLflow's code_paths."""
@@ -50,11 +62,7 @@ def serving_code(target: Path) -> Path:
         if name in wanted or not path.is_file():
             continue
         wanted.add(name)
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("imgcls"):
-                queue += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
-            elif isinstance(node, ast.Import):
-                queue += [alias.name for alias in node.names if alias.name.startswith("imgcls")]
+        queue += [module for module in imported_names(path) if module.startswith("imgcls")]
     for name in wanted:
         parts = name.split(".")
         for depth in range(1, len(parts)):  # every package on the way needs its __init__.py
@@ -69,19 +77,13 @@ def serving_code(target: Path) -> Path:
 
 def pinned_requirements(code: Path) -> list[str]:
     """The distributions the served code imports (beyond the standard library and itself), pinned to the
-    versions installed here, local labels such as +cpu dropped as MLflow does. Declared, not inferred: MLflow's
-    inference loads the model in a second Python (seconds per export) and, from an editable install, names this
-    project, which no index holds, while it missed torch and onnxruntime."""
+    versions installed here, local labels such as +cpu dropped as MLflow does. Declared, not inferred:
+    MLflow's inference loads the model in a second Python (seconds per export) and, from an editable install,
+    names this project, which no index holds, while it missed torch and onnxruntime."""
     import sys
     from importlib.metadata import packages_distributions, version
 
-    imported = set()
-    for path in code.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                imported.add(node.module.split(".")[0])
+    imported = {module.split(".")[0] for path in code.rglob("*.py") for module in imported_names(path)}
     third_party = sorted(imported - set(sys.stdlib_module_names) - {"__future__", code.name})
     distributions = packages_distributions()
     missing = [name for name in third_party if name not in distributions]
