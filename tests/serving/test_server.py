@@ -113,11 +113,13 @@ def test_the_registered_model_declares_the_distributions_its_code_imports(traine
     from importlib.metadata import version
 
     import mlflow.artifacts
+    from mlflow.tracking import MlflowClient
 
     repo, _ = trained_repo
-    model = mlflow.artifacts.download_artifacts(
-        artifact_uri=registered(repo), dst_path=str(tmp_path), tracking_uri=f"sqlite:///{repo / 'mlflow.db'}"
-    )
+    name, version_number = registered(repo).removeprefix("models:/").split("/")
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")  # this store's registry, not a default
+    stored = client.get_model_version_download_uri(name, version_number)
+    model = mlflow.artifacts.download_artifacts(artifact_uri=stored, dst_path=str(tmp_path))
     declared = (Path(model) / "requirements.txt").read_text().split()
     names = ["mlflow", "numpy", "onnxruntime", "pandas", "pillow", "torch", "torchvision"]
     assert declared == [f"{name}=={version(name).split('+')[0]}" for name in names]
