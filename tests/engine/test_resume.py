@@ -142,18 +142,25 @@ def two_ranks(tmp_path_factory):
     end_processes_in(repo.parent)
 
 
-def assert_resumed_in_the_same_run(repo: Path, env: dict, state: TrainState, resumed: str) -> None:
-    """`dvc repro train` resumed `state`'s run from its checkpoint: FINISHED, every epoch logged once."""
-    assert f"resuming from models/checkpoint.pt: epoch {state.epoch}, step {state.step}" in resumed, resumed
+def assert_one_run_resumed_at(repo: Path, epoch: int, run_id: str | None = None) -> None:
+    """The training ended in one MLflow run (`run_id`, where the test knows it) that resumed at `epoch`: its
+    checkpoint finished, the run FINISHED, every epoch logged once."""
     final = load_state(repo / "models/checkpoint.pt")
-    assert final.finished and final.meta["run_id"] == state.meta["run_id"]
+    assert final.finished and final.meta["run_id"] == (run_id or final.meta["run_id"])
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    continued = client.get_run(state.meta["run_id"])
-    assert continued.info.status == "FINISHED" and "resumed at epoch" in continued.data.tags["status_note"]
+    continued = client.get_run(final.meta["run_id"])
+    assert continued.info.status == "FINISHED"
+    assert f"resumed at epoch {epoch}," in continued.data.tags["status_note"]
     for metric in ("train_loss", "val_accuracy"):  # every epoch once, none twice
         assert [m.step for m in client.get_metric_history(continued.info.run_id, metric)] == list(
             range(1, EPOCHS + 1)
         )
+
+
+def assert_resumed_in_the_same_run(repo: Path, env: dict, state: TrainState, resumed: str) -> None:
+    """`dvc repro train` resumed `state`'s run from its checkpoint, and DVC holds the result."""
+    assert f"resuming from models/checkpoint.pt: epoch {state.epoch}, step {state.step}" in resumed, resumed
+    assert_one_run_resumed_at(repo, state.epoch, state.meta["run_id"])
     assert run(["dvc", "status", "train"], repo, env).stdout.strip().endswith("up to date.")
 
 
@@ -295,13 +302,7 @@ def test_a_killed_rank_is_restarted_by_torchrun_and_the_run_resumes_to_the_same_
     output = log.read_text()
     assert output.count("resuming from models/checkpoint.pt") == 1, output  # rank 0 finds it, hands it on
     same_model(repo / "models/model.pt", reference)  # as if it had never stopped
-    final = load_state(repo / "models/checkpoint.pt")
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    continued = client.get_run(final.meta["run_id"])
-    assert continued.info.status == "FINISHED" and "resumed at epoch 2" in continued.data.tags["status_note"]
-    for metric in ("train_loss", "val_accuracy"):  # every epoch once, none twice
-        steps = [m.step for m in client.get_metric_history(continued.info.run_id, metric)]
-        assert steps == list(range(1, EPOCHS + 1))
+    assert_one_run_resumed_at(repo, 2)
     print(f"killed rank 1 mid-epoch 2: every rank resumed {recovered:.1f} s later, without a person")
 
 
@@ -403,9 +404,5 @@ def test_two_hosts_train_one_model_and_recover_from_a_killed_rank_by_themselves(
     assert (
         not (node1 / "models/model.pt").exists() and not (node1 / "mlflow.db").exists()
     )  # rank 0 alone writes
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    final = load_state(repo / "models/checkpoint.pt")
-    continued = client.get_run(final.meta["run_id"])
-    assert continued.info.status == "FINISHED" and "resumed at epoch 2" in continued.data.tags["status_note"]
-    assert [m.step for m in client.get_metric_history(continued.info.run_id, "val_accuracy")] == [1, 2, 3]
+    assert_one_run_resumed_at(repo, 2)
     print(f"two hosts: node 1's rank killed mid-epoch 2, both hosts resumed {recovered:.1f} s later")
