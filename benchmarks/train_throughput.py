@@ -154,8 +154,8 @@ def timed(device: torch.device, work) -> tuple[float, float]:
 
 def pipeline_step(model, loader, device, layout) -> tuple[float, float]:
     """This pipeline's step (`train_one_epoch`: bf16 autocast on CUDA, on-device normalisation, no per-step
-    sync, fused AdamW on CUDA) over `loader`; returns the seconds of a warm-up epoch and of the next one."""
-    optimizer = make_optimizer(model, "adamw", 1e-4, 0.05, 0.9, device)
+    sync, fused AdamW) over `loader`; returns the seconds of a warm-up epoch and of the next one."""
+    optimizer = make_optimizer(model, "adamw", 1e-4, 0.05, 0.9)
     scheduler = make_scheduler(optimizer, 0, 10 * len(loader))
     loss_fn = nn.CrossEntropyLoss()
 

@@ -41,9 +41,11 @@ class StageContext:
 
     def write_fingerprint(self, device: torch.device | None = None) -> dict:
         """This process's machine fingerprint, written to metrics/environment/<stage>.json; returns it."""
-        from imgcls.engine import runtime
+        from imgcls.engine import fingerprint
 
-        return runtime.write_fingerprint(self.stage, device or self.device, self.params.runtime.reproducible)
+        return fingerprint.write_fingerprint(
+            self.stage, device or self.device, self.params.runtime.reproducible
+        )
 
 
 def build_context(

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from imgcls.config import layout
-from imgcls.engine import runtime
+from imgcls.engine.fingerprint import fingerprint
 from imgcls.export.card import calibration_record, model_card, write_card
 from imgcls.export.formats import CALIBRATION_FILE, ONNX_FILE, PROGRAM_FILE, export_onnx, export_program
 from imgcls.export.parity import check_parity, test_images
@@ -43,7 +43,7 @@ def run(context: StageContext) -> dict:
         write_json(out / "labels.json", checkpoint["class_names"])
         write_json(out / "preprocessing.json", checkpoint["preprocessing"])
         write_json(out / CALIBRATION_FILE, calibration_record())
-        environment = runtime.fingerprint(torch.device("cpu"), params.runtime.reproducible)
+        environment = fingerprint(torch.device("cpu"), params.runtime.reproducible)
         git |= {"train_commit": trained.data.tags.get("git_commit", "")}  # where the model was trained
         card = model_card(
             params,

@@ -63,14 +63,23 @@ TRAINED_REPO_GROUPS = {
 }
 
 
+# Single tests that take minutes of both cores: handed out first, with the clean-clone reproduction.
+LONG_TESTS = ("tests/engine/test_cross_cpu.py",)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The clean-clone reproduction first, then the other pipeline runs, then the rest (a stable sort: each
-    keeps its order). xdist hands out the shared-repo groups first (largest first), then single tests in
-    this order: a minutes-long test left to the end would leave the other worker idle while it runs.
+    """The clean-clone reproduction and the cross-CPU test first, then the other pipeline runs, then the rest
+    (a stable sort: each keeps its order). xdist hands out the shared-repo groups first (largest first), then
+    single tests in this order: a minutes-long test left to the end would leave the other worker idle while it
+    runs.
     A module that uses trained_repo but is in no group would build a third trained repo on its own."""
     items.sort(
         key=lambda item: (
-            0 if item.get_closest_marker("reproduce") else 1 if item.get_closest_marker("pipeline") else 2
+            0
+            if item.get_closest_marker("reproduce") or item.nodeid.startswith(LONG_TESTS)
+            else 1
+            if item.get_closest_marker("pipeline")
+            else 2
         )
     )
     strays = {

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Debian's packages for the tests that need a service beside Python: chromium for the browser tests
+# Debian's packages for the tests that need a program beside Python: chromium for the browser tests
 # (tests/end_to_end/test_ui_*.py, test_plots_page.py, which Playwright drives; Playwright's own browser
-# download needs the internet, a package mirror is enough for this) and postgresql for the team server test
-# (tests/end_to_end/test_postgres.py). Installs only what is missing; does nothing when both are there.
+# download needs the internet, a package mirror is enough for this), postgresql for the team server test
+# (tests/end_to_end/test_postgres.py) and qemu-user, whose emulated Intel and AMD processors the cross-CPU test
+# runs the pinned runtime on (tests/engine/test_cross_cpu.py). Installs only what is missing; does nothing
+# when all three are there.
 set -euo pipefail
 missing=()
 if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && [ -z "${CHROMIUM:-}" ]; then
@@ -10,6 +12,9 @@ if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null 
 fi
 if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
     missing+=(postgresql)
+fi
+if ! command -v qemu-x86_64 >/dev/null; then
+    missing+=(qemu-user)
 fi
 if [ ${#missing[@]} -eq 0 ]; then
     exit 0

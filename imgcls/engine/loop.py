@@ -134,9 +134,7 @@ def fit(
     """
     forward = distributed.wrap(model, device)
     forward = torch.compile(forward) if compile_model else forward
-    optimizer = make_optimizer(
-        model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum, device
-    )
+    optimizer = make_optimizer(model, recipe.optimizer, recipe.lr, recipe.weight_decay, recipe.momentum)
     steps = len(train_loader)
     scheduler = make_scheduler(optimizer, recipe.warmup_epochs * steps, recipe.epochs * steps)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)

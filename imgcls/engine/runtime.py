@@ -1,32 +1,37 @@
-"""How torch runs in a stage process: the pinned (reproducible) runtime and the fingerprint each run records.
+"""How torch runs in a stage process: the pinned (reproducible) runtime, set up before any tensor work.
 
-Float results on the CPU depend on which kernels run, and those are picked per processor:
-- ATen's vectorised kernels by CPU capability (DEFAULT/AVX2/AVX512; the vector width changes reduction order);
-- oneDNN's convolutions by ISA *and* by cache sizes (blocking changes the accumulation order);
-- MKL's GEMM by code branch (on AMD processors MKL honours only its COMPATIBLE branch);
+Float results on the CPU depend on which kernels run, and each library picks them per processor:
+- ATen's vectorised kernels by CPU capability (DEFAULT/AVX2/AVX512: the vector width changes reduction order);
+- oneDNN's convolutions by ISA (AVX2, AVX-512...);
+- MKL's GEMM and vector math by code branch and vendor (on AMD processors MKL honours only COMPATIBLE);
 - NNPACK's inference convolutions (AVX2 only, or none);
 - every parallel reduction by the intra-op thread count.
-Reproducible mode pins all five: ATen's baseline kernels, MKL's COMPATIBLE branch with a fixed thread count,
-no oneDNN, no NNPACK. The same bits then come out of any x86-64 processor. ATen reads ATEN_CPU_CAPABILITY and
-MKL reads MKL_CBWR when their first kernel runs, not at import, so `pin` must run before any tensor work;
-it proves both took effect and fails otherwise.
-"""
+The pinned runtime fixes each: ATen's AVX2 kernels, oneDNN capped at AVX2, MKL's COMPATIBLE branch, no NNPACK,
+a fixed thread count. Every x86-64 processor since 2013 (Intel Haswell, AMD Zen and later) runs these, at
+close to full speed; tests/engine/test_cross_cpu.py proves the same bits under emulated Intel and AMD CPUs
+with other cache sizes. One thing cannot be pinned: MKL's vector math (torch.sqrt, exp, log... on float
+tensors) gives other bits on Intel than on AMD under every MKL setting, so the pipeline's pinned paths keep
+off it (AdamW runs its fused kernel, which computes with ATen's own vectors).
+ATen, oneDNN and MKL read their settings when their first kernel runs, not at import, so `pin` must run before
+any tensor work; it proves each setting took effect and fails otherwise."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
-import warnings
+import tempfile
 from functools import cache
 from pathlib import Path
 
 import torch
 
-PINNED_KERNELS = "DEFAULT"  # ATen's baseline x86-64 kernels: the same machine code on every processor
-PINNED_BLAS = "COMPATIBLE"  # MKL's SSE2 branch: the one branch MKL keeps on Intel and AMD alike
+PINNED_KERNELS = "AVX2"  # ATen's AVX2+FMA kernels: every x86-64 CPU since Haswell (2013) and Zen (2017)
+PINNED_ONEDNN = "Intel AVX2"  # what oneDNN reports when capped at AVX2 (its convolutions' ISA)
+PINNED_BLAS = "COMPATIBLE"  # MKL's one branch that gives the same bits on Intel and AMD
 PINNED_ENV = {
     "ATEN_CPU_CAPABILITY": PINNED_KERNELS.lower(),
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_CBWR": PINNED_BLAS,
     "MKL_DYNAMIC": "FALSE",
     "OMP_DYNAMIC": "FALSE",
@@ -52,7 +57,8 @@ CPU_LEVELS = (("avx512f", "AVX512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2"
 
 
 class RuntimeNotPinned(RuntimeError):
-    """Reproducible mode was asked for but a library had already chosen its kernels."""
+    """Reproducible mode was asked for but a library had already chosen its kernels, or the CPU cannot run
+    the pinned ones."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,11 +78,11 @@ def memory_format(channels_last: bool) -> torch.memory_format:
 def pin(reproducible: bool, threads: int, device: torch.device) -> None:
     """Set up torch for this process: call first, before any tensor work (stage_main does)."""
     if reproducible:
+        _check_cpu()  # first: ATen obeys ATEN_CPU_CAPABILITY=avx2 even where AVX2 is missing (SIGILL)
         os.environ.update(PINNED_ENV, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if threads:
         torch.set_num_threads(threads)
     if reproducible:
-        torch.backends.mkldnn.enabled = False
         torch.backends.nnpack.set_flags(False)
         _check_pinned()
     if device.type == "cuda":
@@ -88,7 +94,7 @@ def pin(reproducible: bool, threads: int, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = not reproducible  # autotuned kernels: faster, not repeatable
 
 
-def nondeterministic_ops(caught: list[warnings.WarningMessage]) -> list[str]:
+def nondeterministic_ops(caught: list) -> list[str]:
     """The ops PyTorch reported as lacking a deterministic implementation, from recorded warnings."""
     return sorted(
         {
@@ -99,14 +105,42 @@ def nondeterministic_ops(caught: list[warnings.WarningMessage]) -> list[str]:
     )
 
 
+def _check_cpu() -> None:
+    """Refuse, in one line, a CPU that cannot run the pinned kernels, before any of them runs."""
+    missing = [feature for feature in ("AVX2", "FMA3") if not cpu_features().get(feature)]
+    if missing:
+        raise RuntimeNotPinned(
+            f"runtime.reproducible is true, and its pinned kernels need AVX2 and FMA, which this CPU "
+            f"({cpu_model()}) lacks ({', '.join(missing)} missing; CPUs since 2013 have them: Intel Haswell, "
+            "AMD Zen). Set runtime.reproducible: false to run here; its results then match other machines "
+            "within the test set's intervals, not bit for bit"
+        )
+
+
+def cpu_features() -> dict[str, bool]:
+    """The processor's features as its CPUID instruction reports them (numpy reads them for its own dispatch;
+    /proc/cpuinfo would show an emulator's host instead), or from /proc/cpuinfo where numpy has no table."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:  # numpy 1.x kept it in numpy.core
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            flags = cpu_flags()
+            return {"AVX2": "avx2" in flags, "FMA3": "fma" in flags}
+    return dict(__cpu_features__)
+
+
 def _check_pinned() -> None:
     blas = blas_branch()  # runs a first kernel: ATen and MKL read their settings now
     kernels = torch.backends.cpu.get_cpu_capability()
-    if kernels != PINNED_KERNELS or blas not in (PINNED_BLAS, "not MKL"):
+    convolutions = onednn_isa()
+    if kernels != PINNED_KERNELS or blas not in (PINNED_BLAS, "not MKL") or convolutions != PINNED_ONEDNN:
         raise RuntimeNotPinned(
-            f"runtime.reproducible is true but torch already runs {kernels} kernels with MKL branch {blas} "
-            f"(wanted {PINNED_KERNELS} and {PINNED_BLAS}): tensors were used before the runtime was pinned. "
-            "Run the stage as `python -m stages.<name>` (or set runtime.reproducible: false)"
+            f"runtime.reproducible is true but torch already runs {kernels} kernels, oneDNN {convolutions} "
+            f"and MKL branch {blas} (wanted {PINNED_KERNELS}, {PINNED_ONEDNN} and {PINNED_BLAS}): tensors "
+            "were used before the runtime was pinned. Run the stage as `python -m stages.<name>` (or set "
+            "runtime.reproducible: false)"
         )
 
 
@@ -130,9 +164,45 @@ def blas_branch() -> str:
     return MKL_BRANCHES.get(mkl.mkl_serv_cbwr_get(1), "unknown")
 
 
+@cache
+def onednn_isa() -> str:
+    """The ISA oneDNN's convolutions run ("Intel AVX2"), read from the header oneDNN prints when its verbose
+    mode first runs a primitive (torch exposes no getter); "off" when torch runs without oneDNN."""
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return "off"
+    libc = ctypes.CDLL(None)
+    with tempfile.TemporaryFile() as sink:
+        libc.fflush(None)
+        saved = os.dup(1)
+        os.dup2(sink.fileno(), 1)  # oneDNN prints with C's stdio, to file descriptor 1
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                # batch 2, 3x3: a convolution torch hands to oneDNN
+                torch.nn.functional.conv2d(torch.ones(2, 8, 4, 4), torch.ones(8, 8, 3, 3))
+        finally:
+            libc.fflush(None)
+            os.dup2(saved, 1)
+            os.close(saved)
+        sink.seek(0)
+        printed = sink.read().decode(errors="replace")
+    found = [line.split("isa:", 1)[1].strip() for line in printed.splitlines() if ",cpu,isa:" in line]
+    return found[0] if found else "unknown (oneDNN printed no header: ONEDNN_VERBOSE set before?)"
+
+
 def nnpack_enabled() -> bool:
     """NNPACK serves CPU inference convolutions when built in and not switched off (no public getter)."""
     return torch.backends.nnpack.is_available() and torch._C._get_nnpack_enabled()
+
+
+def is_pinned(device: torch.device) -> bool:
+    """True when this process runs the pinned CPU kernels (the ones every processor shares)."""
+    return (
+        device.type == "cpu"
+        and torch.backends.cpu.get_cpu_capability() == PINNED_KERNELS
+        and blas_branch() == PINNED_BLAS
+        and onednn_isa() == PINNED_ONEDNN
+        and not nnpack_enabled()
+    )
 
 
 def cpu_model() -> str:
@@ -144,72 +214,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cpu_isa() -> str:
-    """The highest vector ISA the processor offers (what unpinned kernels would use)."""
+def cpu_flags() -> set[str]:
     cpuinfo = Path("/proc/cpuinfo")
-    flags = set()
     if cpuinfo.is_file():
         for line in cpuinfo.read_text(errors="replace").splitlines():
             if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def cpu_isa() -> str:
+    """The highest vector ISA the processor offers (what unpinned kernels would use)."""
+    flags = cpu_flags()
     return next((name for flag, name in CPU_LEVELS if flag in flags), platform.machine())
-
-
-def is_pinned(device: torch.device) -> bool:
-    """True when this process runs the pinned CPU kernels (the ones every processor shares)."""
-    return (
-        device.type == "cpu"
-        and torch.backends.cpu.get_cpu_capability() == PINNED_KERNELS
-        and blas_branch() == PINNED_BLAS
-        and not torch.backends.mkldnn.enabled
-        and not nnpack_enabled()
-    )
-
-
-def fingerprint(device: torch.device, reproducible: bool) -> dict:
-    """What a reproduction must match: processor, kernels really used, threads, library and GPU versions."""
-    import PIL.features
-    import torchvision
-
-    cuda = device.type == "cuda"
-    return {
-        "reproducible": reproducible,
-        "pinned": is_pinned(device),
-        "device": str(device),
-        "cpu": cpu_model(),
-        "cpu_isa": cpu_isa(),
-        "kernel_isa": torch.backends.cpu.get_cpu_capability(),
-        "blas": f"MKL {blas_branch()}" if _mkl() else "not MKL",
-        "onednn": torch.backends.mkldnn.enabled,
-        "nnpack": nnpack_enabled(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "machine": platform.machine(),
-        "pillow": PIL.__version__,  # prepare decodes inputs with PIL; JPEGs with libjpeg-turbo (DCT-scaled)
-        "libjpeg_turbo": PIL.features.version("libjpeg_turbo"),
-        "cuda": torch.version.cuda if cuda else None,
-        "cudnn": torch.backends.cudnn.version() if cuda else None,
-        "gpu": torch.cuda.get_device_name(device) if cuda else None,
-    }
-
-
-def write_fingerprint(stage: str, device: torch.device, reproducible: bool) -> dict:
-    """This process's fingerprint, written to metrics/environment/<stage>.json (beside the metrics)."""
-    from imgcls.config import layout
-    from imgcls.files import write_json
-
-    found = fingerprint(device, reproducible)
-    write_json(layout.fingerprint(stage), found)
-    return found
-
-
-# The fingerprint fields that decide whether two pinned runs must agree bit for bit.
-IDENTITY = ("pinned", "device", "kernel_isa", "blas", "threads", "torch", "torchvision", "machine")
-
-
-def same_bits_expected(old: dict, new: dict) -> tuple[bool, list[str]]:
-    """(exact comparison applies, the identity fields that differ)."""
-    differ = [key for key in IDENTITY if old.get(key) != new.get(key)]
-    return bool(old.get("pinned")) and bool(new.get("pinned")) and not differ, differ

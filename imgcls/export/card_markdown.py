@@ -67,13 +67,13 @@ def card_markdown(card: dict) -> str:
         "",
         "## Where it was computed",
         "",
-        "| stage | reproducible (pinned) | CPU | kernels | BLAS | threads | device | torch |",
-        "|---|---|---|---|---|---|---|---|",
+        "| stage | reproducible (pinned) | CPU | kernels | convolutions | BLAS | threads | device | torch |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [
         f"| {stage} | {e['reproducible']} ({e['pinned']}) | {e['cpu']} ({e['cpu_isa']}) | {e['kernel_isa']} "
-        "| "
-        f"{e['blas']} | {e['threads']} | {e['gpu'] or e['device']} | {e['torch']} |"
+        f"| oneDNN {e.get('onednn_isa', 'off')} | {e['blas']} | {e['threads']} | {e['gpu'] or e['device']} "
+        f"| {e['torch']} |"
         for stage, e in card["environment"].items()
     ]
     lines += ["", "Verify this card: `python -m imgcls lineage models/export`", ""]

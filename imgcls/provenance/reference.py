@@ -131,7 +131,7 @@ def seed_spread(reference_params: Params) -> dict | None:
 
 def decide_mode(old_env: dict[str, dict], new_env: dict[str, dict]) -> tuple[bool, list[str]]:
     """(exact comparison applies, why not): exact only if every stage ran the same pinned runtime."""
-    from imgcls.engine.runtime import same_bits_expected
+    from imgcls.engine.fingerprint import same_bits_expected
 
     reasons = []
     for stage in layout.FINGERPRINTED:

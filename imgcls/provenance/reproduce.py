@@ -113,6 +113,7 @@ def report(
                     "cpu",
                     "cpu_isa",
                     "kernel_isa",
+                    "onednn_isa",
                     "blas",
                     "threads",
                     "device",

@@ -201,7 +201,7 @@ def start_run(client, params: Params, weights: dict, environment: dict):
         **git_state(layout.all_outputs()),
         **inputs.environment(),
         **process_tags(),
-        **{f"env.{k}": "" if v is None else v for k, v in environment.items()},
+        **{f"env.{k}": "" if v is None else v for k, v in flatten(environment).items()},
         "params_sha256": params_sha,
         "dvc.prepared_md5": lock.get("prepare", {}).get(layout.PREPARED, ""),
         "dvc.data_md5": lock.get("prepare", {}).get(params.prepare.data, ""),

@@ -1,5 +1,5 @@
-"""The pinned CPU runtime: what it sets, that it refuses to pin too late, and that training under it gives
-the same bits whatever vector instructions each library is allowed (an older or newer CPU)."""
+"""The pinned CPU runtime: what it sets and records, that settings from outside cannot move it, and that it
+refuses to pin too late. Its bits on other processors: tests/engine/test_cross_cpu.py."""
 
 from __future__ import annotations
 
@@ -15,25 +15,28 @@ from tests.helpers import ROOT, attempt, clean_env
 
 TINY_TRAINING = """
 import hashlib, json, sys, torch
-from imgcls.engine import runtime
+from imgcls.engine import fingerprint, runtime
+from imgcls.engine.recipe import make_optimizer
 from imgcls.model.networks import build_model
 runtime.pin(sys.argv[1] == "pinned", 2, torch.device("cpu"))
 torch.manual_seed(0)
 model = build_model("resnet18", 3).to(memory_format=torch.channels_last)
-optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+optimizer = make_optimizer(model, "adamw", 1e-3, 0.05, 0.9)
 images = torch.randn(16, 3, 24, 24).to(memory_format=torch.channels_last)
 targets = torch.arange(16) % 3
 for _ in range(2):
     loss = torch.nn.functional.cross_entropy(model(images), targets)
     optimizer.zero_grad(); loss.backward(); optimizer.step()
 digest = hashlib.sha256(b"".join(v.contiguous().numpy().tobytes() for v in model.state_dict().values()))
-print(json.dumps({"sha": digest.hexdigest(), "env": runtime.fingerprint(torch.device("cpu"), True)}))
+print(json.dumps({"sha": digest.hexdigest(), "env": fingerprint.fingerprint(torch.device("cpu"), True)}))
 """
-OLDER_CPU = {
+# What a user's shell might hold: each library told to use other kernels than the pinned ones
+OTHER_KERNELS = {
     "ATEN_CPU_CAPABILITY": "default",
     "ONEDNN_MAX_CPU_ISA": "AVX",
+    "MKL_CBWR": "AUTO",
     "MKL_ENABLE_INSTRUCTIONS": "AVX",
-    "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2,-FMA,-AVX512F",
+    "OMP_NUM_THREADS": "1",
 }
 
 
@@ -43,12 +46,23 @@ def train_tiny(mode: str, caps: dict) -> dict:
     return json.loads(result.stdout)
 
 
-def test_pinned_training_is_the_same_bits_under_other_isa_caps():
-    native, older = train_tiny("pinned", {}), train_tiny("pinned", OLDER_CPU)
-    assert native["sha"] == older["sha"]
-    for found in (native["env"], older["env"]):
-        assert found["pinned"] and found["kernel_isa"] == "DEFAULT" and found["blas"] == "MKL COMPATIBLE"
-        assert not found["onednn"] and not found["nnpack"] and found["threads"] == 2
+def test_the_pins_hold_against_settings_from_outside_and_are_recorded():
+    plain, told = train_tiny("pinned", {}), train_tiny("pinned", OTHER_KERNELS)
+    assert plain["sha"] == told["sha"]
+    for found in (plain["env"], told["env"]):
+        assert found["pinned"] and found["kernel_isa"] == "AVX2" and found["onednn_isa"] == "Intel AVX2"
+        assert found["blas"] == "MKL COMPATIBLE" and not found["nnpack"] and found["threads"] == 2
+        assert found["pins"] == {
+            "ATEN_CPU_CAPABILITY": "avx2",
+            "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "MKL_CBWR": "COMPATIBLE",
+            "MKL_DYNAMIC": "FALSE",
+            "OMP_DYNAMIC": "FALSE",
+            "OMP_NUM_THREADS": "2",
+            "MKL_NUM_THREADS": "2",
+        }
+    unpinned = train_tiny("unpinned", {})
+    assert not unpinned["env"]["pinned"] and unpinned["env"]["onednn_isa"].startswith("Intel")
 
 
 def test_pinning_after_tensor_work_is_refused():

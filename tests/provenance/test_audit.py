@@ -15,8 +15,9 @@ PINNED = {
     "device": "cpu",
     "cpu": "AMD EPYC",
     "cpu_isa": "AVX512",
-    "kernel_isa": "DEFAULT",
-    "blas": "MKL",
+    "kernel_isa": "AVX2",
+    "onednn_isa": "Intel AVX2",
+    "blas": "MKL COMPATIBLE",
     "threads": 2,
     "torch": "2.14.1",
 }
@@ -26,6 +27,7 @@ def card(**changes) -> dict:
     made = {
         "dvc": {"data": "a.dir", "prepared": "b.dir", "model": "c"},
         "model": {"files": {"model.onnx": "d" * 64}},
+        "parity": {"onnx": {"max_abs_diff": 2.1e-6, "top1_agreement": 1.0}},
         "metrics": {
             "test_accuracy": 0.70,
             "test_accuracy_ci95": {"low": 0.68, "high": 0.72},
@@ -43,6 +45,7 @@ def card(**changes) -> dict:
 
 def test_a_new_run_id_and_another_x86_cpu_are_allowed_and_anything_else_is_named():
     derived = card(mlflow__run_id="r2")
+    derived["parity"]["onnx"]["max_abs_diff"] = 1.9e-6  # ONNX Runtime's kernels follow the CPU
     for stage in derived["environment"]:
         derived["environment"][stage].update(cpu="Intel Xeon", cpu_isa="AVX2")
     code, line = verdict(card(), derived, rows := compare(card(), derived))
@@ -51,6 +54,7 @@ def test_a_new_run_id_and_another_x86_cpu_are_allowed_and_anything_else_is_named
     )
     assert {r.key: r.status.split(":")[0] for r in rows if r.status != "identical"} == {
         "mlflow.run_id": "may differ",
+        "parity.onnx.max_abs_diff": "may differ",
         **{
             f"environment.{s}.{k}": "may differ"
             for s in ("pretrain", "train", "evaluate")
@@ -59,6 +63,10 @@ def test_a_new_run_id_and_another_x86_cpu_are_allowed_and_anything_else_is_named
     }
     code, line = verdict(card(), changed := card(dvc__model="other"), compare(card(), changed))
     assert code == 1 and "1 field(s) differ: dvc.model" in line
+    top1 = card()
+    top1["parity"]["onnx"]["top1_agreement"] = 0.999
+    code, line = verdict(card(), top1, compare(card(), top1))
+    assert code == 1 and "parity.onnx.top1_agreement" in line
 
 
 def test_a_gpu_trained_card_is_promised_its_intervals_not_its_bits():
@@ -75,6 +83,15 @@ def test_a_gpu_trained_card_is_promised_its_intervals_not_its_bits():
     swapped = card(dvc__data="other.dir")
     code, line = verdict(gpu, swapped, compare(gpu, swapped))
     assert code == 1 and "dvc.data differ" in line
+
+
+def test_an_unpromised_card_that_comes_out_identical_is_reported_as_seen():
+    unpinned = card()
+    for stage in unpinned["environment"].values():
+        stage.update(pinned=False, reproducible=False, kernel_isa="AVX512")
+    code, line = verdict(unpinned, unpinned, compare(unpinned, unpinned))
+    assert code == 0 and line.startswith("VERDICT re-derived bit for bit: 3 DVC hashes, 1 model files")
+    assert "though this runtime did not promise it (" in line and "not pinned in the reference" in line
 
 
 def test_a_commit_that_is_not_a_commit_id_is_never_handed_to_git(tmp_path):

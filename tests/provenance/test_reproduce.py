@@ -11,7 +11,8 @@ from tests.helpers import ROOT
 PINNED = {
     "pinned": True,
     "device": "cpu",
-    "kernel_isa": "DEFAULT",
+    "kernel_isa": "AVX2",
+    "onednn_isa": "Intel AVX2",
     "blas": "MKL COMPATIBLE",
     "threads": 2,
     "torch": "2.14.1",
