@@ -90,3 +90,10 @@ def test_checkpoint_stall_prints_blocking_and_behind():
     out = script("checkpoint_stall.py", "--arch", "resnet18", "--steps", "1", "--size", "32", "--batch", "2")
     assert "resnet18 whole-network state" in out and "a blocking save stops the loop" in out, out
     assert "StateWriter.save holds it" in out and "writing behind cost the loop" in out, out
+
+
+def test_pinned_cost_prints_each_runtime_and_where_the_time_goes():
+    out = script("pinned_cost.py", "--rounds", "1", "--sizes", "32", "--steps", "1", "--profile", "32")
+    assert "kernels: unpinned " in out and "pinned AVX2, before DEFAULT" in out
+    for line in ("train 32 px", "features 32 px", "loader, per core", "aten::convolution_backward", "all  "):
+        assert line in out, f"missing {line!r} in:\n{out}"

@@ -111,8 +111,8 @@ def line(row: Row) -> str:
 
 def verdict(card: dict, derived: dict, rows: list[Row]) -> tuple[int, str]:
     """(exit code, one line): 0 re-derived bit for bit (promised by the pinned runtime, or not promised but
-    found); 1 not; 3 the card's runtime promises no bits (a GPU, unpinned kernels) and the re-derivation agrees
-    within the test set's 95% intervals."""
+    found); 1 not; 3 the card's runtime promises no bits (a GPU, unpinned kernels) and the re-derivation
+    agrees within the test set's 95% intervals."""
     exact, reasons = decide_mode(card.get("environment", {}), derived.get("environment", {}))
     differ = [row for row in rows if row.status == "differs"]
     why = "; ".join(reasons)
