@@ -72,7 +72,8 @@ def make_train_loader(train_set, epoch: int):
 
 
 def train_step(arch: str, train_set) -> tuple[torch.nn.Module, str]:
-    """One step of the training loop (forward, backward, fused AdamW, scheduler) from a seeded init."""
+    """An epoch of the training loop from a seeded init: three steps of forward, backward, fused AdamW and the
+    scheduler (7 images in batches of 2, the last one dropped)."""
     from imgcls.engine.loop import train_one_epoch
     from imgcls.engine.recipe import make_optimizer, make_scheduler
     from imgcls.model.networks import build_model
@@ -165,25 +166,25 @@ def main() -> None:
         return result
 
     if "prepare" in parts:
-        found["prepare"] = timed("prepare", prepare, args.out)
+        found["prepared"] = timed("prepare", prepare, args.out)
     train_set = image_folder(str(args.out / "prepared"), train_transform(CROP, 0.35, True), read_image)
     eval_set = image_folder(str(args.out / "prepared"), eval_crop(preprocessing_spec(CROP)), read_image)
     if "loader" in parts:
         found["loader"] = timed("loader", loader, train_set)
     trained = {}
     for arch in args.archs.split(",") if "train" in parts else []:
-        trained[arch], found[f"train.{arch}"] = timed(arch, train_step, arch, train_set)
+        trained[arch], found[f"step.{arch}"] = timed(arch, train_step, arch, train_set)
     if "resnet18" in trained and "evaluate" in parts:
-        found["evaluate"] = timed("evaluate", evaluate, trained["resnet18"], eval_set)
+        found["evaluation"] = timed("evaluate", evaluate, trained["resnet18"], eval_set)
     if "resnet18" in trained and "write_export" in parts:  # both files
         both = ("pt2", "onnx")
-        found["export_files"] = timed("write_export", write_export, trained["resnet18"], args.out, both)
+        found["files"] = timed("write_export", write_export, trained["resnet18"], args.out, both)
     elif "resnet18" in trained and "write_program" in parts:  # the .pt2 alone (ONNX: a minute under qemu)
         program = args.out / "program"
         program.mkdir(exist_ok=True)
-        found["export_files"] = timed("write_program", write_export, trained["resnet18"], program, ("pt2",))
+        found["files"] = timed("write_program", write_export, trained["resnet18"], program, ("pt2",))
     if "resnet18" in trained and "export" in parts:
-        found["export"] = timed("export", export_parity, trained["resnet18"], eval_set, args.out)
+        found["parity"] = timed("export", export_parity, trained["resnet18"], eval_set, args.out)
     found["seconds"] = seconds
     print(json.dumps(found))
 
