@@ -4,6 +4,7 @@ matplotlib (they are imported where they are used), and torchrun's launcher neve
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -48,3 +49,15 @@ command = launch.torchrun_command("stages.train", params.train.distributed)
 assert command[1:3] == ["-m", "torch.distributed.run"] and "--nproc_per_node=2" in command, command
 """
     assert "torch" not in loaded_after(code)
+
+
+@pytest.mark.parametrize("chosen", [None, "ACTIVE"])
+def test_a_stage_waits_passively_unless_the_user_chose_a_policy(chosen):
+    """torch's OpenMP reads OMP_WAIT_POLICY once, when torch loads: a stage sets PASSIVE before that (spinning
+    threads slowed a `dvc repro` beside another job several times over), and keeps a policy the user set."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env |= {"OMP_WAIT_POLICY": chosen} if chosen else {}
+    code = "import os, sys\nimport stages.train\nprint('torch' in sys.modules, os.getenv('OMP_WAIT_POLICY'))"
+    result = attempt([sys.executable, "-c", code], cwd=ROOT, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", chosen or "PASSIVE"]  # set, and torch not loaded yet
