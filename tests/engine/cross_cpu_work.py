@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import Subset
 
 from imgcls.engine import runtime
 
@@ -72,8 +73,8 @@ def make_train_loader(train_set, epoch: int):
 
 
 def train_step(arch: str, train_set) -> tuple[torch.nn.Module, str]:
-    """An epoch of the training loop from a seeded init: three steps of forward, backward, fused AdamW and the
-    scheduler (7 images in batches of 2, the last one dropped)."""
+    """An epoch of the training loop from a seeded init: two steps of forward, backward, fused AdamW and the
+    scheduler (5 of the images in batches of 2, the last one dropped): the second step uses AdamW's state."""
     from imgcls.engine.loop import train_one_epoch
     from imgcls.engine.recipe import make_optimizer, make_scheduler
     from imgcls.model.networks import build_model
@@ -83,9 +84,9 @@ def train_step(arch: str, train_set) -> tuple[torch.nn.Module, str]:
     optimizer = make_optimizer(model, "adamw", 1e-3, 0.05, 0.9)
     scheduler = make_scheduler(optimizer, 0, 10)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    cpu = torch.device("cpu")
+    cpu, five = torch.device("cpu"), Subset(train_set, range(5))
     train_one_epoch(
-        model, make_train_loader(train_set, 1), loss_fn, optimizer, scheduler, cpu, log_every=10**9,
+        model, make_train_loader(five, 1), loss_fn, optimizer, scheduler, cpu, log_every=10**9,
         memory_format=torch.channels_last,
     )  # fmt: skip
     return model, sha(*model.state_dict().values())

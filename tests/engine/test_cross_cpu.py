@@ -29,7 +29,7 @@ TOO_OLD = "SandyBridge"  # AVX without AVX2 or FMA
 EVERY_ARCH = ",".join(ARCHITECTURES)
 BLOCK_TYPES = "resnet18,resnet50,efficientnet_b0,convnext_tiny,mobilenet_v3_small"  # each kind of layer once
 UNPINNED_WORK = ["--archs", "resnet18", "--parts", "prepare,loader,train"]
-LIMIT = 1200  # seconds per process: an emulated one runs about 3 minutes alone on 2 cores
+LIMIT = 1200  # seconds per process: an emulated one runs under 3 minutes alone on 2 cores
 
 
 def work(out: Path, mode: str, cpu: str | None, *options: str) -> dict | str:
