@@ -8,7 +8,7 @@ It prints one JSON row per run and a summary (mean, standard deviation, range), 
 `python -m imgcls reproduce` widens its band for headline metrics with this spread.
 
 Usage: python benchmarks/seed_sweep.py [--seeds 42 1 2 3] [--out benchmarks/seed_sweep.json]
-(about 5 minutes a seed on 2 cores, in reproducible mode).
+(about 2.5 minutes a seed on 2 cores, in reproducible mode).
 """
 
 from __future__ import annotations
