@@ -3,7 +3,7 @@
 figures, the .pt2 program and the export's parity) natively and under qemu's emulated Intel Haswell and AMD
 EPYC-Rome, which have AVX2 but no AVX-512 and other vendors and cache sizes than any machine of ours. The
 Haswell trains every architecture in the table; the EPYC-Rome one of each block type (resnet34, 101 and 152
-run the kernels of resnet18 and resnet50 on the same shapes, more times), which saves CI a minute. Unpinned,
+run the kernels of resnet18 and resnet50 on the same shapes, more times): a minute of CPU less. Unpinned,
 the same work gives other bits on the Haswell than here, so the comparison can fail; and a processor without
 AVX2 (Sandy Bridge) is refused in one line. ONNX Runtime has no pin: its logits follow the CPU, and only its
 parity gate is compared."""
